@@ -1,0 +1,335 @@
+//! Transports: server URLs and framing of byte streams into Electrum messages.
+//!
+//! Every connection, upstream or wallet-facing, TCP, TLS or WebSocket, ends up as a
+//! [`Framed`]: a sink and a stream of text messages (one JSON value each). TCP and TLS frame by
+//! `\n`-terminated lines; WebSocket frames by message.
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::str::FromStr;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Framed as CodecFramed;
+
+use crate::protocol::{CodecError, LineCodec};
+
+/// The sending half of a framed connection.
+pub type FrameSink = Pin<Box<dyn Sink<String, Error = io::Error> + Send>>;
+/// The receiving half of a framed connection.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<String, io::Error>> + Send>>;
+
+/// A connection split into a sink and a stream of text messages.
+pub struct Framed {
+    /// Outgoing messages.
+    pub sink: FrameSink,
+    /// Incoming messages.
+    pub stream: FrameStream,
+}
+
+impl fmt::Debug for Framed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Framed")
+    }
+}
+
+fn codec_to_io(e: CodecError) -> io::Error {
+    match e {
+        CodecError::Io(e) => e,
+        CodecError::TooLong(n) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("line longer than {n} bytes"),
+        ),
+    }
+}
+
+/// Frames a byte stream (TCP or TLS) by lines of at most `max_line` bytes.
+pub fn frame_lines<S>(io: S, max_line: usize) -> Framed
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (sink, stream) = CodecFramed::new(io, LineCodec::new(max_line)).split();
+    Framed {
+        sink: Box::pin(sink.sink_map_err(codec_to_io)),
+        stream: Box::pin(stream.map(|r| r.map_err(codec_to_io))),
+    }
+}
+
+/// Frames a WebSocket: each text (or UTF-8 binary) message is one Electrum message.
+/// Pings are answered by tungstenite itself; a close frame ends the stream.
+pub fn frame_ws<S>(ws: tokio_tungstenite::WebSocketStream<S>, max_message: usize) -> Framed
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let (sink, stream) = ws.split();
+    let sink = sink
+        .sink_map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
+        .with(|s: String| async move { Ok::<_, io::Error>(WsMessage::Text(s.into())) });
+    let stream = stream
+        .take_while(|m| futures::future::ready(!matches!(m, Ok(WsMessage::Close(_)))))
+        .filter_map(move |m| async move {
+            match m {
+                Ok(WsMessage::Text(t)) => {
+                    let t: String = t.to_string();
+                    if t.len() > max_message {
+                        Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("message longer than {max_message} bytes"),
+                        )))
+                    } else {
+                        Some(Ok(t))
+                    }
+                }
+                Ok(WsMessage::Binary(b)) => Some(
+                    String::from_utf8(b.to_vec())
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+                ),
+                Ok(_) => None,
+                Err(e) => Some(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    e.to_string(),
+                ))),
+            }
+        });
+    Framed {
+        sink: Box::pin(sink),
+        stream: Box::pin(stream),
+    }
+}
+
+/// How a server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain TCP (`tcp://`, Electrum letter `t`).
+    Tcp,
+    /// TLS over TCP (`ssl://` or `tls://`, Electrum letter `s`).
+    Ssl,
+    /// WebSocket (`ws://`).
+    Ws,
+    /// WebSocket over TLS (`wss://`).
+    Wss,
+}
+
+impl Scheme {
+    /// The default port: 50001 (t), 50002 (s), 50003 (ws), 50004 (wss).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Tcp => 50001,
+            Scheme::Ssl => 50002,
+            Scheme::Ws => 50003,
+            Scheme::Wss => 50004,
+        }
+    }
+    /// True for TLS-carrying schemes.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Ssl | Scheme::Wss)
+    }
+    /// True for WebSocket schemes.
+    pub fn is_ws(self) -> bool {
+        matches!(self, Scheme::Ws | Scheme::Wss)
+    }
+    /// The URL scheme name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "tcp",
+            Scheme::Ssl => "ssl",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+        }
+    }
+}
+
+/// A server address: scheme, host and port.
+///
+/// Parsed from `tcp://host:port`, `ssl://host:port` (or `tls://`), `ws://host:port[/path]`,
+/// `wss://...`, and Electrum's `host:port:t` / `host:port:s`. IPv6 hosts go in brackets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerUrl {
+    /// Transport.
+    pub scheme: Scheme,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path for WebSocket URLs (default `/`).
+    pub path: String,
+}
+
+impl ServerUrl {
+    /// A URL from parts.
+    pub fn new(scheme: Scheme, host: impl Into<String>, port: u16) -> Self {
+        ServerUrl {
+            scheme,
+            host: host.into(),
+            port,
+            path: "/".into(),
+        }
+    }
+
+    /// True for Tor hidden-service hosts.
+    pub fn is_onion(&self) -> bool {
+        self.host.to_ascii_lowercase().ends_with(".onion")
+    }
+
+    /// `host:port`, with brackets around IPv6 hosts.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority())?;
+        if self.scheme.is_ws() && self.path != "/" {
+            f.write_str(&self.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a server URL could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server address {input:?}: {reason}")]
+pub struct UrlError {
+    input: String,
+    reason: &'static str,
+}
+
+fn split_host_port(s: &str) -> Result<(String, Option<&str>), &'static str> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']').ok_or("unclosed '[' in IPv6 host")?;
+        let host = &rest[..end];
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("junk after IPv6 host"),
+        };
+        return Ok((host.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => Ok((h.to_string(), Some(p))),
+        None => Ok((s.to_string(), None)),
+    }
+}
+
+impl FromStr for ServerUrl {
+    type Err = UrlError;
+
+    fn from_str(input: &str) -> Result<Self, UrlError> {
+        let err = |reason| UrlError {
+            input: input.to_string(),
+            reason,
+        };
+        let s = input.trim();
+        if let Some((scheme, rest)) = s.split_once("://") {
+            let scheme = match scheme.to_ascii_lowercase().as_str() {
+                "tcp" => Scheme::Tcp,
+                "ssl" | "tls" => Scheme::Ssl,
+                "ws" => Scheme::Ws,
+                "wss" => Scheme::Wss,
+                _ => return Err(err("unknown scheme (use tcp, ssl, ws or wss)")),
+            };
+            let (hostport, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            if !scheme.is_ws() && path != "/" {
+                return Err(err("a path is only allowed for ws:// and wss://"));
+            }
+            let (host, port) = split_host_port(hostport).map_err(err)?;
+            let port = match port {
+                Some(p) => p.parse().map_err(|_| err("invalid port"))?,
+                None => scheme.default_port(),
+            };
+            if host.is_empty() {
+                return Err(err("empty host"));
+            }
+            return Ok(ServerUrl {
+                scheme,
+                host,
+                port,
+                path: path.to_string(),
+            });
+        }
+        // Electrum style: host:port:t or host:port:s
+        let (rest, letter) = s.rsplit_once(':').ok_or_else(|| err("missing port"))?;
+        let scheme = match letter {
+            "t" => Scheme::Tcp,
+            "s" => Scheme::Ssl,
+            _ => return Err(err("expected scheme://host:port or host:port:t|s")),
+        };
+        let (host, port) = split_host_port(rest).map_err(err)?;
+        let port = port
+            .ok_or_else(|| err("missing port"))?
+            .parse()
+            .map_err(|_| err("invalid port"))?;
+        if host.is_empty() {
+            return Err(err("empty host"));
+        }
+        Ok(ServerUrl::new(scheme, host, port))
+    }
+}
+
+impl serde::Serialize for ServerUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ServerUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_forms() {
+        let u: ServerUrl = "tcp://127.0.0.1:50001".parse().unwrap();
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Tcp, "127.0.0.1", 50001)
+        );
+        let u: ServerUrl = "ssl://electrum.example.org".parse().unwrap();
+        assert_eq!((u.scheme, u.port), (Scheme::Ssl, 50002));
+        let u: ServerUrl = "electrum.example.org:50002:s".parse().unwrap();
+        assert_eq!((u.scheme, u.port), (Scheme::Ssl, 50002));
+        let u: ServerUrl = "abc.onion:110:t".parse().unwrap();
+        assert!(u.is_onion());
+        let u: ServerUrl = "wss://h:443/electrum".parse().unwrap();
+        assert_eq!(u.path, "/electrum");
+        assert_eq!(u.to_string(), "wss://h:443/electrum");
+        let u: ServerUrl = "tcp://[::1]:50001".parse().unwrap();
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.to_string(), "tcp://[::1]:50001");
+        let u: ServerUrl = "[::1]:50001:t".parse().unwrap();
+        assert_eq!(u.authority(), "[::1]:50001");
+    }
+
+    #[test]
+    fn rejects_bad_forms() {
+        for bad in [
+            "",
+            "ftp://h:1",
+            "h:1:x",
+            "tcp://h:notaport",
+            "tcp://:1",
+            "h",
+            "tcp://h:1/x",
+            "tcp://[::1",
+        ] {
+            assert!(bad.parse::<ServerUrl>().is_err(), "{bad} should fail");
+        }
+    }
+}
