@@ -4,4 +4,5 @@
 
 pub mod address;
 pub mod protocol;
+pub mod servers;
 pub mod transport;
