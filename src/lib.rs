@@ -2,5 +2,6 @@
 //! async Electrum client library (the successor of Connectrum).
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod protocol;
 pub mod transport;
