@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod client;
 pub mod protocol;
 pub mod servers;
 pub mod transport;
