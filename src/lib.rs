@@ -4,6 +4,13 @@
 
 pub mod address;
 pub mod client;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod listen;
+pub mod pool;
 pub mod protocol;
+pub mod router;
+pub mod server;
 pub mod servers;
 pub mod transport;

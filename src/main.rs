@@ -1,1 +1,133 @@
-fn main() {}
+//! The `electrum-gateway` command line. All logic lives in the library.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use electrum_gateway::config::Config;
+use electrum_gateway::gateway::Gateway;
+
+#[derive(Parser, Debug)]
+#[command(name = "electrum-gateway", version, about = "A verifying, multiplexing Electrum gateway", long_about = None)]
+struct Cli {
+    /// Log format: `human` or `json`.
+    #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default command).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Network: bitcoin, testnet, testnet4, signet or regtest.
+    #[arg(long, value_name = "NAME")]
+    network: Option<String>,
+    /// Upstream server URL (repeatable; replaces the configured list).
+    #[arg(long, value_name = "URL")]
+    upstream: Vec<String>,
+    /// Wallet TCP listener [default: 127.0.0.1:50001].
+    #[arg(long, value_name = "ADDR")]
+    listen_tcp: Option<String>,
+    /// Wallet TLS listener [default: 127.0.0.1:50002]; "" disables it.
+    #[arg(long, value_name = "ADDR")]
+    listen_tls: Option<String>,
+    /// Wallet WebSocket listener [default: off].
+    #[arg(long, value_name = "ADDR")]
+    listen_ws: Option<String>,
+    /// HTTP listener for metrics, health, status and admin [default: 127.0.0.1:9190].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Data directory [default: ~/.electrum-gateway].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(n) = self.network {
+            cfg.network = n;
+        }
+        if !self.upstream.is_empty() {
+            cfg.upstreams.servers = self.upstream;
+        }
+        if let Some(a) = self.listen_tcp {
+            cfg.listen.tcp = a;
+        }
+        if let Some(a) = self.listen_tls {
+            cfg.listen.tls = a;
+        }
+        if let Some(a) = self.listen_ws {
+            cfg.listen.ws = a;
+        }
+        if let Some(a) = self.http {
+            cfg.listen.http = a;
+        }
+        if let Some(d) = self.data_dir {
+            cfg.data_dir = d;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.into_config()?;
+    let gw = Gateway::start(cfg).await?;
+    if let Some(a) = gw.tcp_addr() {
+        eprintln!("electrum-gateway listening on tcp://{a}");
+    }
+    if let Some(a) = gw.tls_addr() {
+        eprintln!("electrum-gateway listening on ssl://{a}");
+    }
+    if let Some(a) = gw.ws_addr() {
+        eprintln!("electrum-gateway listening on ws://{a}");
+    }
+    wait_for_signal().await;
+    gw.shutdown();
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            None => serve(cli.serve).await,
+            Some(Command::Serve(args)) => serve(args).await,
+        }
+    })
+}

@@ -1,0 +1,345 @@
+//! Gateway configuration: `config.toml`, with command-line overrides applied on top.
+//!
+//! Every key is optional; [`Config::default`] is what an empty file means. The annotated
+//! `config.toml` at the top of the repository documents each key.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::router::Policy;
+use crate::transport::ServerUrl;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Network name: bitcoin, testnet, testnet4, signet or regtest.
+    pub network: String,
+    /// Where the gateway keeps its state (TLS certificate, pins, learned upstreams).
+    pub data_dir: PathBuf,
+    /// Wallet-facing listeners.
+    pub listen: ListenConfig,
+    /// Upstream servers.
+    pub upstreams: UpstreamConfig,
+    /// Per-session limits.
+    pub limits: LimitsConfig,
+    /// Routing policy.
+    pub routing: RoutingConfig,
+}
+
+/// Wallet-facing listeners. An empty string disables a listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain TCP listener.
+    pub tcp: String,
+    /// TLS listener.
+    pub tls: String,
+    /// WebSocket listener (off by default).
+    pub ws: String,
+    /// HTTP listener for metrics, health, status and admin.
+    pub http: String,
+    /// PEM certificate for the TLS listener; empty: a self-signed one kept in the data directory.
+    pub tls_cert: String,
+    /// PEM private key for the TLS listener.
+    pub tls_key: String,
+}
+
+/// Upstream servers and how to reach them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Preferred upstream URLs, tried first (`ssl://host:port`, `tcp://`, `ws://`, `host:port:s`).
+    pub servers: Vec<String>,
+    /// A Connectrum-format `servers.json` of candidates; empty: the bundled list of the network.
+    pub server_list: String,
+    /// Use candidates from the server list (bundled or file) when configured servers fail.
+    pub use_server_list: bool,
+    /// How many upstreams to keep active.
+    pub active: usize,
+    /// Connections per upstream (spreads load past per-IP server limits).
+    pub connections_per_upstream: usize,
+    /// SOCKS5 proxy for every upstream, e.g. `socks5://127.0.0.1:9050`; empty: none
+    /// (`.onion` servers always go through Tor at 127.0.0.1:9050).
+    pub proxy: String,
+    /// TLS checking for `ssl://` upstreams: `ca`, `pin` (trust on first use) or `insecure`.
+    pub tls_verify: String,
+    /// Connect timeout in seconds.
+    pub connect_timeout_secs: f64,
+    /// Timeout of one upstream request in seconds.
+    pub request_timeout_secs: f64,
+    /// Interval of keepalive pings in seconds.
+    pub ping_interval_secs: f64,
+    /// First reconnect delay in seconds (doubles up to `reconnect_max_secs`, with jitter).
+    pub reconnect_initial_secs: f64,
+    /// Longest reconnect delay in seconds.
+    pub reconnect_max_secs: f64,
+    /// Consecutive failed connection attempts after which an upstream is replaced by a
+    /// candidate (when one is available).
+    pub replace_after_failures: u32,
+}
+
+/// Per-session limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest request line a wallet may send, in bytes.
+    pub max_line_bytes: usize,
+    /// Requests one session may have in flight; further lines wait (backpressure).
+    pub max_pending_per_session: usize,
+    /// Scripthash subscriptions one session may hold.
+    pub max_subscriptions_per_session: usize,
+    /// Longest time one wallet request may take before it is answered with an error, seconds.
+    pub request_timeout_secs: f64,
+    /// A session that sends nothing for this long is closed, seconds.
+    pub idle_timeout_secs: f64,
+    /// Most wallet sessions at once; further connections are closed at once.
+    pub max_sessions: usize,
+}
+
+/// Routing settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Shortest hedge delay, milliseconds: a `fastest` read is also sent to the next upstream
+    /// when the first has not answered after max(this, its recent p90 latency).
+    pub hedge_min_ms: u64,
+    /// Longest hedge delay, milliseconds.
+    pub hedge_max_ms: u64,
+    /// How many upstreams a `quorum` read asks.
+    pub quorum: usize,
+    /// Policy overrides per method: `fastest`, `quorum`, `median`, `broadcast` or `local`.
+    pub policy: BTreeMap<String, Policy>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network: "bitcoin".into(),
+            data_dir: default_data_dir(),
+            listen: ListenConfig::default(),
+            upstreams: UpstreamConfig::default(),
+            limits: LimitsConfig::default(),
+            routing: RoutingConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            tcp: "127.0.0.1:50001".into(),
+            tls: "127.0.0.1:50002".into(),
+            ws: String::new(),
+            http: "127.0.0.1:9190".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            servers: Vec::new(),
+            server_list: String::new(),
+            use_server_list: true,
+            active: 3,
+            connections_per_upstream: 1,
+            proxy: String::new(),
+            tls_verify: "pin".into(),
+            connect_timeout_secs: 10.0,
+            request_timeout_secs: 20.0,
+            ping_interval_secs: 60.0,
+            reconnect_initial_secs: 1.0,
+            reconnect_max_secs: 60.0,
+            replace_after_failures: 5,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_line_bytes: 1_000_000,
+            max_pending_per_session: 64,
+            max_subscriptions_per_session: 50_000,
+            request_timeout_secs: 30.0,
+            idle_timeout_secs: 600.0,
+            max_sessions: 4096,
+        }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            hedge_min_ms: 150,
+            hedge_max_ms: 3000,
+            quorum: 3,
+            policy: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => Path::new(&home).join(".electrum-gateway"),
+        None => PathBuf::from(".electrum-gateway"),
+    }
+}
+
+/// Converts seconds from the config into a duration, clamping nonsense to sane bounds.
+pub fn secs(v: f64) -> Duration {
+    if v.is_finite() && v > 0.0 {
+        Duration::from_secs_f64(v.min(1e9))
+    } else {
+        Duration::ZERO
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.network()?;
+        for s in &self.upstreams.servers {
+            s.parse::<ServerUrl>()?;
+        }
+        for (name, addr) in [
+            ("listen.tcp", &self.listen.tcp),
+            ("listen.tls", &self.listen.tls),
+            ("listen.ws", &self.listen.ws),
+            ("listen.http", &self.listen.http),
+        ] {
+            if !addr.is_empty() {
+                addr.parse::<SocketAddr>()
+                    .map_err(|e| anyhow::anyhow!("{name} = {addr:?}: {e}"))?;
+            }
+        }
+        if self.upstreams.active == 0 {
+            anyhow::bail!("upstreams.active must be at least 1");
+        }
+        if self.upstreams.connections_per_upstream == 0 {
+            anyhow::bail!("upstreams.connections_per_upstream must be at least 1");
+        }
+        match self.upstreams.tls_verify.as_str() {
+            "ca" | "pin" | "insecure" => {}
+            other => anyhow::bail!("upstreams.tls_verify = {other:?}: use ca, pin or insecure"),
+        }
+        if !self.upstreams.proxy.is_empty() {
+            self.upstreams
+                .proxy
+                .parse::<crate::client::ProxyConfig>()
+                .map_err(|e| anyhow::anyhow!("upstreams.proxy: {e}"))?;
+        }
+        for method in self.routing.policy.keys() {
+            if crate::protocol::lookup(method).is_none() {
+                anyhow::bail!("routing.policy: unknown method {method:?}");
+            }
+        }
+        if self.limits.max_pending_per_session == 0 || self.limits.max_line_bytes < 1024 {
+            anyhow::bail!("limits: max_pending_per_session >= 1 and max_line_bytes >= 1024");
+        }
+        Ok(())
+    }
+
+    /// The configured network.
+    pub fn network(&self) -> anyhow::Result<bitcoin::Network> {
+        crate::address::parse_network(&self.network)
+            .ok_or_else(|| anyhow::anyhow!("unknown network {:?}", self.network))
+    }
+
+    /// The configured upstream URLs, parsed.
+    pub fn upstream_urls(&self) -> anyhow::Result<Vec<ServerUrl>> {
+        self.upstreams
+            .servers
+            .iter()
+            .map(|s| s.parse::<ServerUrl>().map_err(Into::into))
+            .collect()
+    }
+
+    /// The routing policy for a method: the configured override or the default.
+    pub fn policy(&self, method: &str) -> Policy {
+        self.routing
+            .policy
+            .get(method)
+            .copied()
+            .unwrap_or_else(|| Policy::default_for(method))
+    }
+}
+
+/// Parses an optional listen address ("" = off).
+pub fn listen_addr(s: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(s.parse()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_toml_parses_and_matches_defaults() {
+        let text = include_str!("../config.toml");
+        let cfg = Config::from_toml(text).expect("config.toml parses");
+        let d = Config::default();
+        assert_eq!(cfg.listen.tcp, d.listen.tcp);
+        assert_eq!(cfg.listen.tls, d.listen.tls);
+        assert_eq!(cfg.listen.http, d.listen.http);
+        assert_eq!(cfg.upstreams.active, d.upstreams.active);
+        assert_eq!(cfg.limits.max_line_bytes, d.limits.max_line_bytes);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(Config::from_toml("network = \"moon\"").is_err());
+        assert!(Config::from_toml("[listen]\ntcp = \"nope\"").is_err());
+        assert!(Config::from_toml("[upstreams]\nservers = [\"ftp://x:1\"]").is_err());
+        assert!(Config::from_toml("[upstreams]\nactive = 0").is_err());
+        assert!(Config::from_toml("[routing.policy]\n\"no.such\" = \"fastest\"").is_err());
+        assert!(Config::from_toml("[routing.policy]\n\"server.ping\" = \"sideways\"").is_err());
+        assert!(Config::from_toml("unknown_key = 1").is_err());
+    }
+
+    #[test]
+    fn policy_overrides() {
+        let cfg = Config::from_toml(
+            "[routing.policy]\n\"blockchain.scripthash.get_history\" = \"quorum\"",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.policy("blockchain.scripthash.get_history"),
+            Policy::Quorum
+        );
+        assert_eq!(
+            cfg.policy("blockchain.scripthash.get_balance"),
+            Policy::Fastest
+        );
+        assert_eq!(cfg.policy("blockchain.estimatefee"), Policy::Median);
+        assert_eq!(
+            cfg.policy("blockchain.transaction.broadcast"),
+            Policy::Broadcast
+        );
+        assert_eq!(cfg.policy("server.ping"), Policy::Local);
+    }
+}

@@ -1,0 +1,128 @@
+//! Test helpers: a raw line-protocol wallet that sees exactly what the gateway writes.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Generous bound for anything a test awaits; only hit when something is broken.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A wallet speaking newline-delimited JSON-RPC over TCP.
+pub struct Wallet {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    next_id: i64,
+    /// Notifications read while waiting for responses.
+    pub notifications: VecDeque<Value>,
+    /// Responses read while waiting for others (by id).
+    responses: Vec<Value>,
+}
+
+impl Wallet {
+    /// Connects.
+    pub async fn connect(addr: SocketAddr) -> Wallet {
+        let s = TcpStream::connect(addr).await.expect("connect to gateway");
+        let (r, w) = s.into_split();
+        Wallet {
+            reader: BufReader::new(r),
+            writer: w,
+            next_id: 1,
+            notifications: VecDeque::new(),
+            responses: Vec::new(),
+        }
+    }
+
+    /// Sends a raw line.
+    pub async fn send_line(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).await.expect("write");
+        self.writer.write_all(b"\n").await.expect("write");
+    }
+
+    /// Reads one message (any kind); None on EOF.
+    pub async fn read_message(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("timed out waiting for a message")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}")))
+    }
+
+    /// Sends a request and returns its id.
+    pub async fn send(&mut self, method: &str, params: Value) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send_line(&line.to_string()).await;
+        id
+    }
+
+    /// Waits for the response with this id, keeping notifications aside.
+    pub async fn response(&mut self, id: i64) -> Value {
+        if let Some(i) = self.responses.iter().position(|r| r["id"] == json!(id)) {
+            return self.responses.remove(i);
+        }
+        loop {
+            let m = self.read_message().await.expect("connection closed while waiting");
+            if m.get("method").is_some() {
+                self.notifications.push_back(m);
+            } else if m["id"] == json!(id) {
+                return m;
+            } else if m.is_array() {
+                panic!("unexpected batch {m}");
+            } else {
+                self.responses.push(m);
+            }
+        }
+    }
+
+    /// Calls and returns the result, panicking on an error answer.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params.clone()).await;
+        let r = self.response(id).await;
+        if let Some(e) = r.get("error") {
+            panic!("{method} {params} failed: {e}");
+        }
+        r["result"].clone()
+    }
+
+    /// Calls and returns the error object, panicking on success.
+    pub async fn call_err(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params).await;
+        let r = self.response(id).await;
+        r.get("error").cloned().unwrap_or_else(|| panic!("{method} succeeded: {r}"))
+    }
+
+    /// Waits for the next notification.
+    pub async fn notification(&mut self) -> Value {
+        if let Some(n) = self.notifications.pop_front() {
+            return n;
+        }
+        loop {
+            let m = self.read_message().await.expect("connection closed while waiting");
+            if m.get("method").is_some() {
+                return m;
+            }
+            self.responses.push(m);
+        }
+    }
+
+    /// Waits for a notification of `method` whose first param is `key` (any for headers)
+    /// and whose value satisfies `pred`, skipping others.
+    pub async fn notification_until(&mut self, method: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let n = self.notification().await;
+            if n["method"] == json!(method) && pred(&n) {
+                return n;
+            }
+        }
+    }
+}
