@@ -30,8 +30,9 @@
 //!         ("blockchain.estimatefee".into(), vec![json!(6)]),
 //!     ])
 //!     .await?;
+//! let scripthash = "8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161";
 //! let (status, mut changes) = client
-//!     .subscribe("blockchain.scripthash.subscribe", vec![json!("8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161")])
+//!     .subscribe("blockchain.scripthash.subscribe", vec![json!(scripthash)])
 //!     .await?;
 //! while let Some(new_status) = changes.next().await {
 //!     println!("status changed from {status} to {new_status}");
