@@ -23,7 +23,9 @@ impl Net {
     }
 
     async fn start_with(endpoints: &[&str], tweak: impl FnOnce(&mut Config)) -> Net {
-        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap()).await.unwrap();
+        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
         cfg.network = "regtest".into();
@@ -51,7 +53,9 @@ impl Net {
 
     async fn wallet(&self) -> Wallet {
         let mut w = Wallet::connect(self.addr()).await;
-        let v = w.call("server.version", json!(["test-wallet", ["1.4", "1.6"]])).await;
+        let v = w
+            .call("server.version", json!(["test-wallet", ["1.4", "1.6"]]))
+            .await;
         assert_eq!(v[1], "1.6");
         w
     }
@@ -59,10 +63,13 @@ impl Net {
     /// Waits until the gateway's best tip reaches `height`.
     async fn wait_tip(&self, height: u32) {
         let mut rx = self.gw.ctx().pool.tip_watch();
-        tokio::time::timeout(WAIT, rx.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)))
-            .await
-            .expect("gateway never reached the tip")
-            .unwrap();
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
+        )
+        .await
+        .expect("gateway never reached the tip")
+        .unwrap();
     }
 
     /// Upstream subscriptions to scripthashes, summed over the sim's endpoints.
@@ -74,7 +81,10 @@ impl Net {
     async fn until(&self, what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !cond() {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -102,9 +112,16 @@ async fn local_methods_and_errors() {
     assert!(w.call("server.banner", json!([])).await.is_string());
     let e = w.call_err("no.such.method", json!([])).await;
     assert_eq!(e["code"], -32601);
-    let e = w.call_err("blockchain.scripthash.get_balance", json!(["zz"])).await;
+    let e = w
+        .call_err("blockchain.scripthash.get_balance", json!(["zz"]))
+        .await;
     assert_eq!(e["code"], 1);
-    let e = w.call_err("blockchain.address.get_balance", json!(["1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"])).await;
+    let e = w
+        .call_err(
+            "blockchain.address.get_balance",
+            json!(["1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"]),
+        )
+        .await;
     assert_eq!(e["code"], 1, "a mainnet address on regtest is refused: {e}");
     // Malformed JSON: -32700 with a null id, and the session goes on.
     w.send_line("{this is not json").await;
@@ -117,7 +134,8 @@ async fn local_methods_and_errors() {
     assert_eq!(m["id"], 5);
     assert_eq!(w.call("server.ping", json!([])).await, Value::Null);
     // Connectrum-style requests without "jsonrpc" work.
-    w.send_line(r#"{"id":77,"method":"server.ping","params":[]}"#).await;
+    w.send_line(r#"{"id":77,"method":"server.ping","params":[]}"#)
+        .await;
     let m = w.read_message().await.unwrap();
     assert_eq!(m["id"], 77);
     assert_eq!(m["jsonrpc"], "2.0");
@@ -128,7 +146,10 @@ async fn reads_match_the_upstreams() {
     let net = Net::start(&THREE).await;
     let mut w = net.wallet().await;
     let tip = w.call("blockchain.headers.subscribe", json!([])).await;
-    assert_eq!(tip, json!({"hex": net.sim.tip_header_hex(), "height": net.sim.tip_height()}));
+    assert_eq!(
+        tip,
+        json!({"hex": net.sim.tip_header_hex(), "height": net.sim.tip_height()})
+    );
     assert_eq!(
         w.call("blockchain.block.header", json!([5])).await,
         json!(net.sim.header_hex(5).unwrap())
@@ -136,16 +157,25 @@ async fn reads_match_the_upstreams() {
     for a in ADDRESSES.iter() {
         let sh = a.scripthash;
         let (confirmed, unconfirmed) = net.sim.balance(sh).unwrap();
-        let bal = w.call("blockchain.scripthash.get_balance", json!([sh])).await;
-        assert_eq!(bal, json!({"confirmed": confirmed, "unconfirmed": unconfirmed}));
-        let bal2 = w.call("blockchain.address.get_balance", json!([a.address])).await;
+        let bal = w
+            .call("blockchain.scripthash.get_balance", json!([sh]))
+            .await;
+        assert_eq!(
+            bal,
+            json!({"confirmed": confirmed, "unconfirmed": unconfirmed})
+        );
+        let bal2 = w
+            .call("blockchain.address.get_balance", json!([a.address]))
+            .await;
         assert_eq!(bal, bal2, "address conversion for {}", a.kind);
         assert_eq!(
-            w.call("blockchain.scripthash.get_history", json!([sh])).await,
+            w.call("blockchain.scripthash.get_history", json!([sh]))
+                .await,
             net.sim.history_json(sh).unwrap()
         );
         assert_eq!(
-            w.call("blockchain.scripthash.listunspent", json!([sh])).await,
+            w.call("blockchain.scripthash.listunspent", json!([sh]))
+                .await,
             net.sim.listunspent_json(sh).unwrap()
         );
         let status = w.call("blockchain.scripthash.subscribe", json!([sh])).await;
@@ -153,11 +183,15 @@ async fn reads_match_the_upstreams() {
     }
     let txid = net.sim.block_txids(10).unwrap()[0];
     assert_eq!(
-        w.call("blockchain.transaction.get", json!([txid.to_string()])).await,
+        w.call("blockchain.transaction.get", json!([txid.to_string()]))
+            .await,
         json!(net.sim.tx_hex(&txid).unwrap())
     );
     let merkle = w
-        .call("blockchain.transaction.get_merkle", json!([txid.to_string(), 10]))
+        .call(
+            "blockchain.transaction.get_merkle",
+            json!([txid.to_string(), 10]),
+        )
         .await;
     assert_eq!(merkle["block_height"], 10);
     assert_eq!(merkle["pos"], 0);
@@ -177,7 +211,10 @@ async fn reads_match_the_upstreams() {
     assert_eq!(h14["hex"], json!(concat));
     // relayfee exists for 1.4 wallets only.
     assert!(old.call("blockchain.relayfee", json!([])).await.is_number());
-    assert_eq!(w.call_err("blockchain.relayfee", json!([])).await["code"], -32601);
+    assert_eq!(
+        w.call_err("blockchain.relayfee", json!([])).await["code"],
+        -32601
+    );
 }
 
 #[tokio::test]
@@ -212,7 +249,9 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
         // Every wallet watches three of the eight addresses.
         for k in 0..3 {
             let a = &ADDRESSES[(i + k) % ADDRESSES.len()];
-            let s = w.call("blockchain.scripthash.subscribe", json!([a.scripthash])).await;
+            let s = w
+                .call("blockchain.scripthash.subscribe", json!([a.scripthash]))
+                .await;
             assert_eq!(s, json!(net.sim.status(a.scripthash).unwrap()));
         }
         w.call("blockchain.headers.subscribe", json!([])).await;
@@ -221,8 +260,10 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
     // One upstream subscription per distinct scripthash, whatever the number of wallets.
     assert_eq!(net.gw.ctx().hub.scripthashes(), ADDRESSES.len());
     assert_eq!(net.gw.ctx().hub.upstream_subscriptions(), ADDRESSES.len());
-    net.until("upstream subscriptions", || net.upstream_subs(3) == ADDRESSES.len())
-        .await;
+    net.until("upstream subscriptions", || {
+        net.upstream_subs(3) == ADDRESSES.len()
+    })
+    .await;
 
     // A payment notifies exactly the wallets watching that address, once.
     let target = &ADDRESSES[0];
@@ -237,7 +278,11 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
             .notification_until("blockchain.headers.subscribe", |_| true)
             .await;
         assert_eq!(h["params"][0]["height"], tip);
-        assert_eq!(h["params"][0].as_object().unwrap().len(), 2, "exactly hex and height");
+        assert_eq!(
+            h["params"][0].as_object().unwrap().len(),
+            2,
+            "exactly hex and height"
+        );
         let mut seen: Vec<Value> = w
             .notifications
             .drain(..)
@@ -283,12 +328,15 @@ async fn killed_upstream_costs_no_read_and_no_notification() {
     for _ in 0..20 {
         let mut w = net.wallet().await;
         for a in ADDRESSES.iter() {
-            w.call("blockchain.scripthash.subscribe", json!([a.scripthash])).await;
+            w.call("blockchain.scripthash.subscribe", json!([a.scripthash]))
+                .await;
         }
         watchers.push(w);
     }
-    net.until("subscriptions placed", || net.upstream_subs(3) == ADDRESSES.len())
-        .await;
+    net.until("subscriptions placed", || {
+        net.upstream_subs(3) == ADDRESSES.len()
+    })
+    .await;
     // Readers hammer the gateway while an upstream dies.
     let addr = net.addr();
     let readers: Vec<_> = (0..10)
@@ -299,9 +347,14 @@ async fn killed_upstream_costs_no_read_and_no_notification() {
                 let mut done = 0;
                 for i in 0..60 {
                     let a = &ADDRESSES[(r + i) % ADDRESSES.len()];
-                    let id = w.send("blockchain.scripthash.get_balance", json!([a.scripthash])).await;
+                    let id = w
+                        .send("blockchain.scripthash.get_balance", json!([a.scripthash]))
+                        .await;
                     let resp = w.response(id).await;
-                    assert!(resp.get("result").is_some(), "read failed during failover: {resp}");
+                    assert!(
+                        resp.get("result").is_some(),
+                        "read failed during failover: {resp}"
+                    );
                     done += 1;
                 }
                 done
@@ -311,10 +364,17 @@ async fn killed_upstream_costs_no_read_and_no_notification() {
     // Kill the upstream that holds the most subscriptions, and change statuses while the hub
     // moves them.
     let victim = (0..3).max_by_key(|i| net.sim.subscriptions(*i)).unwrap();
-    let moved: HashSet<String> = net.sim.subscribed_scripthashes(victim).into_iter().collect();
+    let moved: HashSet<String> = net
+        .sim
+        .subscribed_scripthashes(victim)
+        .into_iter()
+        .collect();
     assert!(!moved.is_empty());
     net.sim.stop_endpoint(victim).await;
-    let paid: Vec<_> = ADDRESSES.iter().filter(|a| moved.contains(a.scripthash)).collect();
+    let paid: Vec<_> = ADDRESSES
+        .iter()
+        .filter(|a| moved.contains(a.scripthash))
+        .collect();
     for a in &paid {
         net.sim.pay(a.address, 50_000).unwrap();
     }
@@ -334,9 +394,18 @@ async fn killed_upstream_costs_no_read_and_no_notification() {
             }
         }
     }
-    net.until("subscriptions moved", || net.upstream_subs(3) == ADDRESSES.len())
-        .await;
-    assert!(net.gw.ctx().hub.moves.load(std::sync::atomic::Ordering::Relaxed) >= moved.len() as u64);
+    net.until("subscriptions moved", || {
+        net.upstream_subs(3) == ADDRESSES.len()
+    })
+    .await;
+    assert!(
+        net.gw
+            .ctx()
+            .hub
+            .moves
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= moved.len() as u64
+    );
     // The upstream comes back and is used again.
     net.sim.start_endpoint(victim).await.unwrap();
     assert!(net.gw.ctx().pool.wait_connected(3, WAIT).await);
@@ -347,8 +416,13 @@ async fn reads_survive(net: &Net, rounds: usize) {
     for i in 0..rounds {
         let a = &ADDRESSES[i % ADDRESSES.len()];
         let (confirmed, unconfirmed) = net.sim.balance(a.scripthash).unwrap();
-        let bal = w.call("blockchain.scripthash.get_balance", json!([a.scripthash])).await;
-        assert_eq!(bal, json!({"confirmed": confirmed, "unconfirmed": unconfirmed}));
+        let bal = w
+            .call("blockchain.scripthash.get_balance", json!([a.scripthash]))
+            .await;
+        assert_eq!(
+            bal,
+            json!({"confirmed": confirmed, "unconfirmed": unconfirmed})
+        );
     }
 }
 
@@ -361,18 +435,30 @@ async fn a_stalled_upstream_is_hedged_around() {
     f.stall = true;
     net.sim.set_faults(first, f);
     reads_survive(&net, 30).await;
-    let hedges = net.gw.ctx().router.stats.hedges.load(std::sync::atomic::Ordering::Relaxed);
+    let hedges = net
+        .gw
+        .ctx()
+        .router
+        .stats
+        .hedges
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(hedges > 0, "the stalled upstream must have been hedged");
 }
 
 #[tokio::test]
 async fn drop_after_and_flap_cost_no_read() {
-    let net = Net::start(&["127.0.0.1:0,drop-after=7", "127.0.0.1:0,flap=1", "127.0.0.1:0"]).await;
+    let net = Net::start(&[
+        "127.0.0.1:0,drop-after=7",
+        "127.0.0.1:0,flap=1",
+        "127.0.0.1:0",
+    ])
+    .await;
     reads_survive(&net, 120).await;
     // Notifications too, while upstreams keep dropping.
     let mut w = net.wallet().await;
     for a in ADDRESSES.iter() {
-        w.call("blockchain.scripthash.subscribe", json!([a.scripthash])).await;
+        w.call("blockchain.scripthash.subscribe", json!([a.scripthash]))
+            .await;
     }
     for a in ADDRESSES.iter().take(4) {
         net.sim.pay(a.address, 7_000).unwrap();
@@ -389,8 +475,11 @@ async fn an_oversized_line_closes_only_that_wallet() {
     let net = Net::start_with(&THREE, |c| c.limits.max_line_bytes = 4096).await;
     let mut good = net.wallet().await;
     let mut bad = net.wallet().await;
-    bad.send_line(&format!(r#"{{"id":1,"method":"server.ping","params":["{}"]}}"#, "x".repeat(10_000)))
-        .await;
+    bad.send_line(&format!(
+        r#"{{"id":1,"method":"server.ping","params":["{}"]}}"#,
+        "x".repeat(10_000)
+    ))
+    .await;
     let m = bad.read_message().await.expect("an error before closing");
     assert_eq!(m["error"]["code"], -32600);
     assert!(bad.read_message().await.is_none(), "connection closed");
@@ -404,10 +493,14 @@ async fn broadcast_reaches_upstreams() {
     // Re-broadcasting a transaction the network already has is a success with its txid.
     let txid = net.sim.mempool_txids()[0];
     let raw = net.sim.tx_hex(&txid).unwrap();
-    let got = w.call("blockchain.transaction.broadcast", json!([raw])).await;
+    let got = w
+        .call("blockchain.transaction.broadcast", json!([raw]))
+        .await;
     assert_eq!(got, json!(txid.to_string()));
     // Garbage is refused with the upstream's reason.
-    let e = w.call_err("blockchain.transaction.broadcast", json!(["00"])).await;
+    let e = w
+        .call_err("blockchain.transaction.broadcast", json!(["00"]))
+        .await;
     assert!(e["code"].is_number());
 }
 

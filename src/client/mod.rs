@@ -42,7 +42,6 @@
 //! # }
 //! ```
 
-mod address_shim;
 mod conn;
 mod connect;
 pub mod tls;
@@ -61,9 +60,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::address;
 use crate::protocol::{methods, RpcError, SubscriptionKey, DEFAULT_MAX_LINE};
 use crate::transport::ServerUrl;
-use address_shim as address;
 use conn::Shared;
 
 /// A SOCKS5 proxy (Tor, or any SOCKS5 server). Target host names are sent to the proxy
