@@ -7,7 +7,6 @@ pub mod client;
 pub mod config;
 pub mod gateway;
 pub mod hub;
-pub mod listen;
 pub mod pool;
 pub mod protocol;
 pub mod router;
