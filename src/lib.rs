@@ -2,5 +2,7 @@
 //! async Electrum client library (the successor of Connectrum).
 #![warn(missing_docs)]
 
+pub mod listen;
 pub mod protocol;
+pub mod sim;
 pub mod transport;

@@ -65,7 +65,7 @@ where
     let (sink, stream) = ws.split();
     let sink = sink
         .sink_map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
-        .with(|s: String| async move { Ok::<_, io::Error>(WsMessage::Text(s.into())) });
+        .with(|s: String| async move { Ok::<_, io::Error>(WsMessage::Text(s)) });
     let stream = stream
         .take_while(|m| futures::future::ready(!matches!(m, Ok(WsMessage::Close(_)))))
         .filter_map(move |m| async move {
