@@ -1,0 +1,437 @@
+//! Listeners for Electrum connections over TCP, TLS, WebSocket and WebSocket over TLS.
+//!
+//! A [`Listener`] binds a [`ServerUrl`] and yields connections already framed into Electrum
+//! messages, whatever the transport, so a server's session code never sees TLS or WebSocket.
+//! Handshakes run in their own tasks with a timeout: a client that connects and says nothing,
+//! or fails its TLS handshake, never holds up the next one. Dropping the listener closes the
+//! socket and abandons pending handshakes.
+//!
+//! [`TlsIdentity`] holds a certificate and key: generated self-signed (for tests and for a
+//! gateway's first start) or loaded from PEM files, so an operator can pin it.
+
+use anyhow::Context as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::protocol::DEFAULT_MAX_LINE;
+use crate::transport::{frame_lines, frame_ws, Framed, Scheme, ServerUrl};
+
+/// A TLS certificate chain and its private key.
+pub struct TlsIdentity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        TlsIdentity {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("certs", &self.certs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// File names used by [`TlsIdentity::load_or_generate`].
+pub const CERT_FILE: &str = "cert.pem";
+/// File names used by [`TlsIdentity::load_or_generate`].
+pub const KEY_FILE: &str = "key.pem";
+
+impl TlsIdentity {
+    /// Generates a self-signed certificate for `names` (host names or IP addresses).
+    pub fn generate(names: &[&str]) -> anyhow::Result<TlsIdentity> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let ck = rcgen::generate_simple_self_signed(names)
+            .context("generating a self-signed certificate")?;
+        let cert_pem = ck.cert.pem();
+        let key_pem = ck.key_pair.serialize_pem();
+        Ok(TlsIdentity {
+            certs: vec![ck.cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// A self-signed certificate for `localhost` and `127.0.0.1`.
+    pub fn generate_localhost() -> anyhow::Result<TlsIdentity> {
+        Self::generate(&["localhost", "127.0.0.1", "::1"])
+    }
+
+    /// Parses a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsIdentity> {
+        let certs: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut io::BufReader::new(cert_pem.as_bytes()))
+                .collect::<Result<_, _>>()
+                .context("reading PEM certificates")?;
+        if certs.is_empty() {
+            anyhow::bail!("no certificate found in PEM data");
+        }
+        let key = rustls_pemfile::private_key(&mut io::BufReader::new(key_pem.as_bytes()))
+            .context("reading PEM private key")?
+            .ok_or_else(|| anyhow::anyhow!("no private key found in PEM data"))?;
+        Ok(TlsIdentity {
+            certs,
+            key,
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        })
+    }
+
+    /// Loads a certificate chain and key from PEM files.
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsIdentity> {
+        let cert_pem = std::fs::read_to_string(cert)
+            .with_context(|| format!("reading certificate {}", cert.display()))?;
+        let key_pem = std::fs::read_to_string(key)
+            .with_context(|| format!("reading private key {}", key.display()))?;
+        Self::from_pem(&cert_pem, &key_pem)
+            .with_context(|| format!("loading {} and {}", cert.display(), key.display()))
+    }
+
+    /// Writes the certificate and key as PEM files (the key readable by the owner only).
+    pub fn save(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        std::fs::write(cert, &self.cert_pem)
+            .with_context(|| format!("writing {}", cert.display()))?;
+        write_private(key, self.key_pem.as_bytes())
+            .with_context(|| format!("writing {}", key.display()))?;
+        Ok(())
+    }
+
+    /// Loads `dir/cert.pem` and `dir/key.pem`, or generates a self-signed localhost
+    /// certificate and saves it there (creating `dir`) when neither exists.
+    pub fn load_or_generate(dir: &Path) -> anyhow::Result<TlsIdentity> {
+        let (cert, key): (PathBuf, PathBuf) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+        match (cert.exists(), key.exists()) {
+            (true, true) => Self::load(&cert, &key),
+            (false, false) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let id = Self::generate_localhost()?;
+                id.save(&cert, &key)?;
+                Ok(id)
+            }
+            _ => anyhow::bail!(
+                "only one of {} and {} exists; remove it or provide both",
+                cert.display(),
+                key.display()
+            ),
+        }
+    }
+
+    /// The leaf certificate, DER-encoded (what a client pins).
+    pub fn cert_der(&self) -> &[u8] {
+        self.certs[0].as_ref()
+    }
+
+    /// The certificate chain, PEM-encoded.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The private key, PEM-encoded.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A rustls server configuration (ring provider, TLS 1.2 and 1.3) for this identity.
+    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let key = self.key.clone_key();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(self.certs.clone(), key)
+        .context("TLS certificate and key do not match or are unsupported")?;
+        Ok(Arc::new(config))
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    std::fs::write(path, data)
+}
+
+/// How a [`Listener`] treats its connections.
+#[derive(Clone)]
+pub struct ListenOptions {
+    /// Largest accepted line (TCP/TLS) or message (WebSocket), in bytes.
+    pub max_message: usize,
+    /// TLS configuration, required for `ssl://` and `wss://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Time allowed for the TLS and WebSocket handshakes.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            max_message: DEFAULT_MAX_LINE,
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for ListenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenOptions")
+            .field("max_message", &self.max_message)
+            .field("tls", &self.tls.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+type Accepted = Option<(Framed, SocketAddr)>;
+
+/// A bound listener yielding framed connections.
+pub struct Listener {
+    tcp: TcpListener,
+    url: ServerUrl,
+    local: SocketAddr,
+    scheme: Scheme,
+    tls: Option<TlsAcceptor>,
+    options: ListenOptions,
+    pending: JoinSet<Accepted>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Listener({})", self.url)
+    }
+}
+
+impl Listener {
+    /// Binds `url` (port 0 picks a free port). `ssl://` and `wss://` need `options.tls`.
+    pub async fn bind(url: &ServerUrl, options: ListenOptions) -> io::Result<Listener> {
+        let tls = match (url.scheme.is_tls(), &options.tls) {
+            (true, Some(cfg)) => Some(TlsAcceptor::from(cfg.clone())),
+            (true, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{url} needs a TLS certificate"),
+                ))
+            }
+            (false, _) => None,
+        };
+        let tcp = TcpListener::bind((url.host.as_str(), url.port)).await?;
+        let local = tcp.local_addr()?;
+        let mut bound = url.clone();
+        bound.port = local.port();
+        Ok(Listener {
+            tcp,
+            url: bound,
+            local,
+            scheme: url.scheme,
+            tls,
+            options,
+            pending: JoinSet::new(),
+        })
+    }
+
+    /// The bound socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The URL clients use: the configured host with the bound port.
+    pub fn url(&self) -> &ServerUrl {
+        &self.url
+    }
+
+    /// Waits for the next connection that completes its handshake. Failed handshakes are
+    /// logged at debug level and skipped; this never returns an error, so a server's accept
+    /// loop cannot be stopped by a misbehaving client. Cancel-safe.
+    pub async fn accept(&mut self) -> (Framed, SocketAddr) {
+        loop {
+            tokio::select! {
+                r = self.tcp.accept() => match r {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let scheme = self.scheme;
+                        let tls = self.tls.clone();
+                        let max = self.options.max_message;
+                        let timeout = self.options.handshake_timeout;
+                        self.pending.spawn(async move {
+                            match tokio::time::timeout(timeout, handshake(stream, scheme, tls, max)).await {
+                                Ok(Ok(framed)) => Some((framed, peer)),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "handshake failed");
+                                    None
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "handshake timed out");
+                                    None
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Per-connection errors (ECONNABORTED) and resource exhaustion
+                        // (EMFILE) alike: wait a little instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(done) = self.pending.join_next(), if !self.pending.is_empty() => {
+                    if let Ok(Some(conn)) = done {
+                        return conn;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn handshake(
+    stream: TcpStream,
+    scheme: Scheme,
+    tls: Option<TlsAcceptor>,
+    max: usize,
+) -> io::Result<Framed> {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let ws_config = || {
+        Some(WebSocketConfig {
+            max_message_size: Some(max),
+            max_frame_size: Some(max),
+            ..WebSocketConfig::default()
+        })
+    };
+    let ws_err = |e: tokio_tungstenite::tungstenite::Error| {
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+    };
+    match (scheme, tls) {
+        (Scheme::Tcp, _) => Ok(frame_lines(stream, max)),
+        (Scheme::Ws, _) => {
+            let ws = tokio_tungstenite::accept_async_with_config(stream, ws_config())
+                .await
+                .map_err(ws_err)?;
+            Ok(frame_ws(ws, max))
+        }
+        (Scheme::Ssl, Some(acceptor)) => Ok(frame_lines(acceptor.accept(stream).await?, max)),
+        (Scheme::Wss, Some(acceptor)) => {
+            let tls = acceptor.accept(stream).await?;
+            let ws = tokio_tungstenite::accept_async_with_config(tls, ws_config())
+                .await
+                .map_err(ws_err)?;
+            Ok(frame_ws(ws, max))
+        }
+        (_, None) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TLS scheme without a certificate",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    #[tokio::test]
+    async fn tcp_lines_and_bad_tls_client_do_not_stop_listener() {
+        let id = TlsIdentity::generate_localhost().unwrap();
+        let url: ServerUrl = "ssl://127.0.0.1:0".parse().unwrap();
+        let mut l = Listener::bind(
+            &url,
+            ListenOptions {
+                tls: Some(id.server_config().unwrap()),
+                handshake_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_ne!(l.url().port, 0);
+        let addr = l.local_addr();
+        // A client that speaks garbage instead of TLS.
+        let mut bad = TcpStream::connect(addr).await.unwrap();
+        bad.write_all(b"hello, not tls\n").await.unwrap();
+        // A good TLS client.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(id.cert_der().to_vec()))
+            .unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let mut r = BufReader::new(tls);
+            r.get_mut().write_all(b"{\"ping\":1}\n").await.unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            line
+        });
+        let (mut framed, _) = l.accept().await;
+        assert_eq!(framed.stream.next().await.unwrap().unwrap(), "{\"ping\":1}");
+        framed.sink.send("{\"pong\":1}".into()).await.unwrap();
+        assert_eq!(client.await.unwrap(), "{\"pong\":1}\n");
+    }
+
+    #[test]
+    fn pem_round_trip_and_load_or_generate() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = TlsIdentity::load_or_generate(dir.path()).unwrap();
+        let b = TlsIdentity::load_or_generate(dir.path()).unwrap();
+        assert_eq!(a.cert_der(), b.cert_der());
+        assert!(b.server_config().is_ok());
+        let c = TlsIdentity::from_pem(a.cert_pem(), a.key_pem()).unwrap();
+        assert_eq!(c.cert_der(), a.cert_der());
+        assert!(TlsIdentity::from_pem("junk", a.key_pem()).is_err());
+        assert!(TlsIdentity::from_pem(a.cert_pem(), "junk").is_err());
+        std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+        assert!(TlsIdentity::load_or_generate(dir.path()).is_err());
+    }
+
+    #[tokio::test]
+    async fn tls_scheme_without_certificate_is_refused() {
+        let url: ServerUrl = "wss://127.0.0.1:0".parse().unwrap();
+        assert!(Listener::bind(&url, ListenOptions::default())
+            .await
+            .is_err());
+    }
+}
