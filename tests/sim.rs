@@ -1003,6 +1003,25 @@ async fn lying_and_corrupting_faults() {
     assert!(pow_ok(&h));
 }
 
+/// Connects and pings until a connection is answered (the endpoint may be down for a while).
+async fn answered_connection(url: &ServerUrl) -> Conn {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        if let Ok(s) = TcpStream::connect((url.host.as_str(), url.port)).await {
+            let mut c = Conn::new(frame_lines(s, 1_000_000));
+            let ping = r#"{"id":1,"method":"server.ping"}"#.to_string();
+            if c.framed.sink.send(ping).await.is_ok() {
+                if let Ok(Some(r)) = c.recv_within(WAIT).await {
+                    assert_eq!(r["id"], 1);
+                    return c;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn stop_start_and_flap() {
     let s = sim(&["127.0.0.1:0", "127.0.0.1:0,flap=1"]).await;
@@ -1023,25 +1042,9 @@ async fn stop_start_and_flap() {
 
     // flap: the endpoint goes down (connections dropped), then comes back.
     let f = s.url(1);
-    let mut fc = Conn::tcp(&f).await;
-    fc.result("server.ping", json!([])).await;
+    let mut fc = answered_connection(&f).await;
     assert!(fc.closed().await, "flap drops connections");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "flapping endpoint never came back"
-        );
-        if let Ok(s) = TcpStream::connect((f.host.as_str(), f.port)).await {
-            let mut back = Conn::new(frame_lines(s, 1_000_000));
-            back.send_raw(r#"{"id":1,"method":"server.ping"}"#).await;
-            if let Ok(Some(r)) = back.recv_within(WAIT).await {
-                assert_eq!(r["id"], 1);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    answered_connection(&f).await;
     // Turning flap off leaves it up.
     s.set_faults(1, Faults::default());
     let deadline = Instant::now() + WAIT;
@@ -1099,7 +1102,7 @@ async fn ssl_ws_and_wss_endpoints() {
 
     let u = s.url(2);
     assert_eq!(u.host, "localhost");
-    let tcp = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
+    let tcp = TcpStream::connect(("localhost", u.port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(u.to_string(), tls)
