@@ -27,9 +27,11 @@ impl Net {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.network = "regtest".into();
-        cfg.data_dir = dir.path().to_path_buf();
+        let mut cfg = Config {
+            network: "regtest".into(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
         cfg.upstreams.use_server_list = false;
         cfg.upstreams.reconnect_initial_secs = 0.05;
@@ -243,20 +245,26 @@ async fn batches_are_answered_whole() {
 async fn hundreds_of_wallets_share_upstream_subscriptions() {
     let net = Net::start(&THREE).await;
     let n_wallets = 200;
-    let mut wallets = Vec::new();
-    for i in 0..n_wallets {
-        let mut w = net.wallet().await;
-        // Every wallet watches three of the eight addresses.
-        for k in 0..3 {
-            let a = &ADDRESSES[(i + k) % ADDRESSES.len()];
-            let s = w
-                .call("blockchain.scripthash.subscribe", json!([a.scripthash]))
-                .await;
-            assert_eq!(s, json!(net.sim.status(a.scripthash).unwrap()));
+    let addr = net.addr();
+    let sim = net.sim.clone();
+    let mut wallets: Vec<(usize, Wallet)> = futures::future::join_all((0..n_wallets).map(|i| {
+        let sim = sim.clone();
+        async move {
+            let mut w = Wallet::connect(addr).await;
+            w.call("server.version", json!(["w", ["1.4", "1.6"]])).await;
+            // Every wallet watches three of the eight addresses.
+            for k in 0..3 {
+                let a = &ADDRESSES[(i + k) % ADDRESSES.len()];
+                let s = w
+                    .call("blockchain.scripthash.subscribe", json!([a.scripthash]))
+                    .await;
+                assert_eq!(s, json!(sim.status(a.scripthash).unwrap()));
+            }
+            w.call("blockchain.headers.subscribe", json!([])).await;
+            (i, w)
         }
-        w.call("blockchain.headers.subscribe", json!([])).await;
-        wallets.push((i, w));
-    }
+    }))
+    .await;
     // One upstream subscription per distinct scripthash, whatever the number of wallets.
     assert_eq!(net.gw.ctx().hub.scripthashes(), ADDRESSES.len());
     assert_eq!(net.gw.ctx().hub.upstream_subscriptions(), ADDRESSES.len());
@@ -277,7 +285,9 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
         .iter()
         .map(|a| json!(net.sim.status(a.scripthash).unwrap()))
         .collect();
-    let changed: HashSet<usize> = (0..ADDRESSES.len()).filter(|k| before[*k] != after[*k]).collect();
+    let changed: HashSet<usize> = (0..ADDRESSES.len())
+        .filter(|k| before[*k] != after[*k])
+        .collect();
     assert!(changed.contains(&0));
     for (i, w) in wallets.iter_mut() {
         let watched: Vec<usize> = (0..3).map(|k| (*i + k) % ADDRESSES.len()).collect();
@@ -286,7 +296,11 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
             .notification_until("blockchain.headers.subscribe", |_| true)
             .await;
         assert_eq!(h["params"][0]["height"], tip);
-        assert_eq!(h["params"][0].as_object().unwrap().len(), 2, "exactly hex and height");
+        assert_eq!(
+            h["params"][0].as_object().unwrap().len(),
+            2,
+            "exactly hex and height"
+        );
         // Each watched address that changed ends at its final status.
         for k in watched.iter().filter(|k| changed.contains(k)) {
             let sh = json!(ADDRESSES[*k].scripthash);
@@ -309,9 +323,18 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
                 .iter()
                 .position(|a| json!(a.scripthash) == n["params"][0])
                 .unwrap();
-            assert!(watched.contains(&k), "wallet {i}: notified for an unwatched address: {n}");
-            assert!(changed.contains(&k), "wallet {i}: notified without a change: {n}");
-            assert_ne!(n["params"][1], after[k], "wallet {i}: final status notified twice");
+            assert!(
+                watched.contains(&k),
+                "wallet {i}: notified for an unwatched address: {n}"
+            );
+            assert!(
+                changed.contains(&k),
+                "wallet {i}: notified without a change: {n}"
+            );
+            assert_ne!(
+                n["params"][1], after[k],
+                "wallet {i}: final status notified twice"
+            );
         }
     }
     // When every wallet leaves, the upstream subscriptions go too.
