@@ -2,5 +2,6 @@
 //! async Electrum client library (the successor of Connectrum).
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod protocol;
 pub mod transport;
