@@ -491,6 +491,15 @@ impl HeaderChain {
         &self.headers[start..end]
     }
 
+    /// [`headers`](HeaderChain::headers) as one hex string, the `blockchain.block.headers`
+    /// "hex" form.
+    pub fn headers_hex(&self, start: u32, count: u32) -> String {
+        self.headers(start, count)
+            .iter()
+            .map(serialize_hex)
+            .collect()
+    }
+
     /// Total work of the best chain, genesis included.
     pub fn cumulative_work(&self) -> Work {
         self.total_work

@@ -822,6 +822,39 @@ fn store_follows_reorganisations_and_checkpoints() {
 }
 
 #[test]
+fn a_failed_store_write_keeps_the_chain_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = regtest();
+    let mut g = Growth::genesis(&params);
+    let headers = g.many(&params, 6, 600, 1);
+    let mut chain = HeaderChain::open(params.clone(), dir.path()).unwrap();
+    // Make replacing the sidecar fail: a non-empty directory where the file should go.
+    let tip = dir.path().join("headers-regtest.tip");
+    std::fs::remove_file(&tip).unwrap();
+    std::fs::create_dir(&tip).unwrap();
+    std::fs::write(tip.join("block"), b"x").unwrap();
+    assert_eq!(
+        chain.accept(1, &headers),
+        Ok(Accepted::Extended { from: 1, tip: 6 })
+    );
+    assert!(chain.persist_error().is_some());
+    assert_eq!(chain.height(), 6, "the chain lives in memory regardless");
+    assert!(chain.flush().is_err());
+    std::fs::remove_dir_all(&tip).unwrap();
+    chain.flush().unwrap();
+    assert_eq!(chain.persist_error(), None);
+    drop(chain);
+    let chain = HeaderChain::open(params, dir.path()).unwrap();
+    assert_eq!((chain.height(), chain.verified_count()), (6, 0));
+}
+
+#[test]
+fn the_chain_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<HeaderChain>();
+}
+
+#[test]
 fn store_of_another_chain_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let main_genesis =
