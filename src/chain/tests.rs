@@ -275,6 +275,17 @@ fn accept_hex_takes_the_blockchain_block_headers_form() {
         chain.accept_hex(4, "zz"),
         reject(4, RejectReason::BadEncoding)
     );
+    assert_eq!(chain.headers_hex(1, 3), hex);
+    assert_eq!(chain.headers_hex(0, 1).len(), 160);
+
+    // Starting at genesis, as a wallet-style chunk request returns it.
+    let mut fresh = HeaderChain::new(Network::Bitcoin);
+    let mut from_zero = vec![fresh.tip().header];
+    from_zero.extend(mainnet_headers());
+    assert_eq!(
+        fresh.accept(0, &from_zero),
+        Ok(Accepted::Extended { from: 1, tip: 10 })
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
