@@ -11,7 +11,7 @@
 //! - [`headers`]: [`HeaderChain`], the best chain, forks and header proofs;
 //! - [`store`]: the on-disk copy of the best chain;
 //! - [`difficulty`]: which bits the next header must carry;
-//! - [`params`] and [`checkpoints`]: what differs between networks;
+//! - [`params`] and [`mod@checkpoints`]: what differs between networks;
 //! - [`merkle`]: Electrum-style merkle branches;
 //! - [`verify`]: pure checks on answers;
 //! - [`sync`]: planning the header download.

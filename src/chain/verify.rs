@@ -316,8 +316,8 @@ pub fn check_broadcast(raw_hex: &str, returned_txid: &str) -> Result<(), VerifyE
 /// the real estimates there is no consensus and the result is `None` (answer `-1`). Otherwise
 /// the median is taken, every value outside `[median / 4, median * 4]` is dropped as an
 /// outlier, and the median of what is left is the answer. With two values one liar cannot be
-/// told apart; from three on, a single wild value cannot move the result out of the range the
-/// honest values span.
+/// told apart; from three on, as long as the honest values agree within a factor of four, a
+/// single wrong value cannot move the result out of the range they span.
 pub fn fee_consensus(values: &[f64]) -> Option<f64> {
     let mut estimates: Vec<f64> = values
         .iter()
