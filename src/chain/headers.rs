@@ -949,3 +949,40 @@ fn validate(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    /// Hashes sharing their first eight bytes still resolve to their own heights.
+    #[test]
+    fn prefix_collisions_fall_back_to_full_hashes() {
+        let hash = |tail: u8| {
+            let mut b = [0x11u8; 32];
+            b[31] = tail;
+            BlockHash::from_byte_array(b)
+        };
+        let (h0, h1, h2, h3) = (hash(0), hash(1), hash(2), hash(3));
+        let genesis = ChainParams::new(Network::Regtest).genesis;
+        let mut headers = vec![genesis; 4];
+        headers[1].prev_blockhash = h0;
+        headers[2].prev_blockhash = h1;
+        headers[3].prev_blockhash = h2;
+        let tip = h3;
+        let mut index = HashIndex::default();
+        for (height, h) in [h0, h1, h2, h3].into_iter().enumerate() {
+            index.insert(h, height as u32, &headers, &tip);
+        }
+        assert_eq!(index.overflow.len(), 3);
+        for (height, h) in [h0, h1, h2, h3].into_iter().enumerate() {
+            assert_eq!(index.get(&h, &headers, &tip), Some(height as u32));
+        }
+        index.remove(&h0, 0);
+        index.remove(&h2, 2);
+        assert_eq!(index.get(&h0, &headers, &tip), None);
+        assert_eq!(index.get(&h2, &headers, &tip), None);
+        assert_eq!(index.get(&h1, &headers, &tip), Some(1));
+        assert_eq!(index.get(&h3, &headers, &tip), Some(3));
+        assert_eq!(index.get(&hash(9), &headers, &tip), None);
+    }
+}
