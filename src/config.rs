@@ -28,6 +28,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Routing policy.
     pub routing: RoutingConfig,
+    /// Verification of upstream answers.
+    pub verify: VerifyConfig,
+}
+
+/// Verification settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// An upstream more than this many blocks behind the verified tip is demoted: it serves no
+    /// read that depends on the tip until it catches up.
+    pub max_lag: u32,
+    /// First sit-out period, seconds, of an upstream caught giving a false answer; it doubles
+    /// with every further offence (at most an hour).
+    pub penalty_secs: f64,
+    /// Check every scripthash status an upstream announces: against the history it returns,
+    /// and its confirmed part against another upstream's.
+    pub statuses: bool,
+    /// Verified immutable answers kept in memory (transactions, merkle proofs).
+    pub cache_entries: usize,
+    /// Merkle proofs are cached once their block is this deep.
+    pub cache_depth: u32,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            max_lag: 1,
+            penalty_secs: 30.0,
+            statuses: true,
+            cache_entries: 50_000,
+            cache_depth: 6,
+        }
+    }
 }
 
 /// Wallet-facing listeners. An empty string disables a listener.
@@ -109,7 +142,8 @@ pub struct RoutingConfig {
     pub hedge_min_ms: u64,
     /// Longest hedge delay, milliseconds.
     pub hedge_max_ms: u64,
-    /// How many upstreams a `quorum` read asks.
+    /// How many agreeing answers a `quorum` read needs before it answers (more upstreams are
+    /// asked when answers disagree; the majority of all of them then decides).
     pub quorum: usize,
     /// Policy overrides per method: `fastest`, `quorum`, `median`, `broadcast` or `local`.
     pub policy: BTreeMap<String, Policy>,
@@ -124,6 +158,7 @@ impl Default for Config {
             upstreams: UpstreamConfig::default(),
             limits: LimitsConfig::default(),
             routing: RoutingConfig::default(),
+            verify: VerifyConfig::default(),
         }
     }
 }
@@ -179,7 +214,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             hedge_min_ms: 150,
             hedge_max_ms: 3000,
-            quorum: 3,
+            quorum: 2,
             policy: BTreeMap::new(),
         }
     }

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub hub: Arc<Hub>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Verified immutable answers.
+    pub cache: crate::cache::AnswerCache,
     next_session: AtomicU64,
     sessions: AtomicI64,
 }
@@ -123,6 +125,7 @@ impl Gateway {
             router,
             hub,
             shutdown: shutdown.clone(),
+            cache: crate::cache::AnswerCache::new(cfg.verify.cache_entries, cfg.verify.cache_depth),
             next_session: AtomicU64::new(1),
             sessions: AtomicI64::new(0),
         });

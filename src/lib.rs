@@ -3,9 +3,11 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod cache;
 pub mod chain;
 pub mod client;
 pub mod config;
+pub mod consensus;
 pub mod gateway;
 pub mod hub;
 pub mod listen;

@@ -25,6 +25,7 @@ use crate::client::{
     Client, ClientConfig, ClientError, ClientEvent, ConnectionState, ProxyConfig, TlsMode,
 };
 use crate::config::{secs, Config};
+use crate::consensus::{Consensus, LinkGuard, Placement, Standing};
 use crate::transport::ServerUrl;
 
 /// A block tip as an upstream announced it.
@@ -77,6 +78,8 @@ pub enum PoolEvent {
     Down(usize),
     /// The best tip changed.
     Tip(Tip),
+    /// An upstream's standing changed (demoted, back in step, sitting out).
+    Standing(usize),
 }
 
 const LATENCY_SAMPLES: usize = 256;
@@ -117,6 +120,8 @@ pub struct Upstream {
     next_conn: AtomicUsize,
     stats: Mutex<Stats>,
     tip: RwLock<Option<Tip>>,
+    standing: Mutex<Standing>,
+    link: LinkGuard,
     /// An operator took this upstream out of rotation.
     pub cordoned: AtomicBool,
 }
@@ -130,6 +135,8 @@ impl Upstream {
             next_conn: AtomicUsize::new(0),
             stats: Mutex::new(Stats::default()),
             tip: RwLock::new(None),
+            standing: Mutex::new(Standing::default()),
+            link: LinkGuard::default(),
             cordoned: AtomicBool::new(false),
         }
     }
@@ -181,6 +188,16 @@ impl Upstream {
         } else {
             UpState::Down
         }
+    }
+
+    /// Where this upstream stands relative to the verified best chain.
+    pub fn standing(&self) -> Standing {
+        self.standing.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// True when it may serve reads that depend on the tip.
+    pub fn in_step(&self) -> bool {
+        self.standing().in_step()
     }
 
     /// The tip this upstream announced last.
@@ -261,7 +278,7 @@ pub struct Pool {
     network: bitcoin::Network,
     upstreams: Vec<Arc<Upstream>>,
     candidates: Mutex<VecDeque<ServerUrl>>,
-    best_tip: watch::Sender<Option<Tip>>,
+    consensus: Arc<Consensus>,
     events: broadcast::Sender<PoolEvent>,
     learned: Mutex<HashMap<String, Learned>>,
     state_file: Option<PathBuf>,
@@ -286,6 +303,12 @@ impl Pool {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Pool>> {
         let network = cfg.network()?;
+        let consensus = Consensus::open(
+            network,
+            &cfg.data_dir.join("headers"),
+            cfg.verify.max_lag,
+            secs(cfg.verify.penalty_secs),
+        )?;
         let state_file = Some(cfg.data_dir.join("upstreams.json"));
         let learned: HashMap<String, Learned> = state_file
             .as_ref()
@@ -335,7 +358,7 @@ impl Pool {
             network,
             upstreams,
             candidates: Mutex::new(candidates),
-            best_tip: watch::channel(None).0,
+            consensus,
             events: broadcast::channel(1024).0,
             learned: Mutex::new(learned),
             state_file,
@@ -375,14 +398,19 @@ impl Pool {
         self.events.subscribe()
     }
 
-    /// The gateway's best tip, as a watch.
+    /// The gateway's verified best tip, as a watch.
     pub fn tip_watch(&self) -> watch::Receiver<Option<Tip>> {
-        self.best_tip.subscribe()
+        self.consensus.tip_watch()
     }
 
-    /// The gateway's best tip now.
+    /// The gateway's verified best tip now.
     pub fn best_tip(&self) -> Option<Tip> {
-        self.best_tip.borrow().clone()
+        Some(self.consensus.tip())
+    }
+
+    /// The verified chain and answer checks.
+    pub fn consensus(&self) -> &Arc<Consensus> {
+        &self.consensus
     }
 
     /// The network the pool serves.
@@ -390,44 +418,52 @@ impl Pool {
         self.network
     }
 
-    /// Usable upstreams, best first: connected and not cordoned; those at the best tip
-    /// before those behind it; then by score.
-    pub fn ranked(&self) -> Vec<(Arc<Upstream>, Client)> {
-        let best = self.best_tip().map(|t| t.height).unwrap_or(0);
+    /// Usable upstreams, best first: connected, not cordoned, not sitting out; in step with the
+    /// verified tip before the others; then by score. For reads that depend on the tip
+    /// (`tip_dependent`), only upstreams in step.
+    pub fn ranked_for(&self, tip_dependent: bool) -> Vec<(Arc<Upstream>, Client)> {
         let mut v: Vec<(Arc<Upstream>, Client, bool, f64)> = self
             .upstreams
             .iter()
             .filter(|u| !u.cordoned.load(Ordering::Relaxed))
             .filter_map(|u| {
+                let st = u.standing();
+                if st.sitting_out() || (tip_dependent && !st.in_step()) {
+                    return None;
+                }
                 let c = u.client()?;
-                let behind = u.tip().map(|t| t.height < best).unwrap_or(true);
-                Some((u.clone(), c, behind, u.score()))
+                Some((u.clone(), c, !st.in_step(), u.score()))
             })
             .collect();
         v.sort_by(|a, b| a.2.cmp(&b.2).then(a.3.total_cmp(&b.3)));
         v.into_iter().map(|(u, c, _, _)| (u, c)).collect()
     }
 
-    /// The upstream and connection that should carry the subscription for `key`: spread
-    /// over the usable upstreams at the best tip by key, stable while they stay up.
+    /// [`Pool::ranked_for`] tip-dependent reads.
+    pub fn ranked(&self) -> Vec<(Arc<Upstream>, Client)> {
+        self.ranked_for(true)
+    }
+
+    /// The upstream and connection that should carry the subscription for `key`: spread by key
+    /// over the upstreams in step, stable while they stay so.
     pub fn pick_for(&self, key: u64) -> Option<(Arc<Upstream>, Client)> {
-        let ranked = self.ranked();
-        if ranked.is_empty() {
+        let mut set = self.ranked_for(true);
+        if set.is_empty() {
             return None;
         }
-        let best = self.best_tip().map(|t| t.height).unwrap_or(0);
-        let current: Vec<_> = ranked
-            .iter()
-            .filter(|(u, _)| u.tip().map(|t| t.height >= best).unwrap_or(false))
-            .collect();
-        let set: Vec<_> = if current.is_empty() {
-            ranked.iter().collect()
-        } else {
-            current
-        };
-        let (up, _) = set[(key as usize) % set.len()];
+        set.sort_by_key(|(u, _)| u.id);
+        let (up, _) = &set[(key as usize) % set.len()];
         let client = up.client_for(key / set.len() as u64)?;
         Some((up.clone(), client))
+    }
+
+    /// Records a false answer from `up`: it sits out for a growing period, and the hub moves
+    /// its subscriptions.
+    pub fn penalize(&self, up: &Upstream, reason: &'static str) {
+        if let Ok(mut st) = up.standing.lock() {
+            self.consensus.penalize(&up.name(), &mut st, reason);
+        }
+        let _ = self.events.send(PoolEvent::Standing(up.id));
     }
 
     /// Adds a server as a candidate (from an operator or from peers).
@@ -564,6 +600,9 @@ impl Pool {
                         if let Ok(mut tip) = up.tip.write() {
                             *tip = None;
                         }
+                        if let Ok(mut st) = up.standing.lock() {
+                            st.on_best = false;
+                        }
                     }
                     client.close().await;
                     self.failovers.fetch_add(1, Ordering::Relaxed);
@@ -632,28 +671,115 @@ impl Pool {
         }
     }
 
-    fn set_tip(&self, up: &Upstream, v: &Value) {
+    fn set_tip(self: &Arc<Self>, up: &Arc<Upstream>, v: &Value) {
         let Some(tip) = Tip::from_value(v) else {
-            tracing::warn!(upstream = %up.name(), "malformed header notification ignored");
+            tracing::warn!(upstream = %up.name(), "malformed header notification");
+            self.set_demoted(up, Some("bad_header"));
             return;
         };
         if let Ok(mut t) = up.tip.write() {
             *t = Some(tip.clone());
         }
-        let mut changed = None;
-        self.best_tip.send_if_modified(|best| {
-            let better = match best {
-                None => true,
-                Some(b) => tip.height > b.height,
-            };
-            if better {
-                *best = Some(tip.clone());
-                changed = Some(tip.clone());
+        let before = self.consensus.tip();
+        let placement = self.consensus.place_tip(&tip);
+        self.apply_placement(up, placement, &tip);
+        let after = self.consensus.tip();
+        if after != before {
+            let _ = self.events.send(PoolEvent::Tip(after));
+        }
+        self.refresh_standings();
+    }
+
+    fn apply_placement(self: &Arc<Self>, up: &Arc<Upstream>, placement: Placement, tip: &Tip) {
+        match placement {
+            Placement::OnBest | Placement::Failed => {}
+            Placement::Side => self.set_demoted(up, Some("fork")),
+            Placement::Bad(reason) => {
+                self.penalize(up, reason);
+                self.set_demoted(up, Some(reason));
             }
-            better
-        });
-        if let Some(t) = changed {
-            let _ = self.events.send(PoolEvent::Tip(t));
+            Placement::Unlinked => {
+                if !up.link.try_take() {
+                    return;
+                }
+                if let Ok(mut st) = up.standing.lock() {
+                    st.linking = true;
+                }
+                let Some(client) = up.conn(0) else {
+                    up.link.release();
+                    return;
+                };
+                let pool = self.clone();
+                let up = up.clone();
+                let tip = tip.clone();
+                tokio::spawn(async move {
+                    let timeout = secs(pool.cfg.upstreams.request_timeout_secs);
+                    let before = pool.consensus.tip();
+                    let placement = pool.consensus.link(&client, &tip, timeout).await;
+                    if let Ok(mut st) = up.standing.lock() {
+                        st.linking = false;
+                    }
+                    up.link.release();
+                    // The upstream may have announced a newer tip meanwhile: place that one.
+                    let latest = up.tip().unwrap_or(tip.clone());
+                    if placement == Placement::OnBest && latest != tip {
+                        let p = pool.consensus.place_tip(&latest);
+                        pool.apply_placement(&up, p, &latest);
+                    } else {
+                        pool.apply_placement(&up, placement, &tip);
+                    }
+                    let after = pool.consensus.tip();
+                    if after != before {
+                        let _ = pool.events.send(PoolEvent::Tip(after));
+                    }
+                    pool.refresh_standings();
+                });
+            }
+        }
+    }
+
+    fn set_demoted(&self, up: &Upstream, reason: Option<&'static str>) {
+        let changed = match up.standing.lock() {
+            Ok(mut st) => {
+                let was = st.demoted;
+                self.consensus.demote(&up.name(), &mut st, reason);
+                was != st.demoted
+            }
+            Err(_) => false,
+        };
+        if changed {
+            let _ = self.events.send(PoolEvent::Standing(up.id));
+        }
+    }
+
+    /// Recomputes every upstream's place relative to the verified best tip.
+    pub fn refresh_standings(&self) {
+        let max_lag = self.consensus.max_lag();
+        for up in &self.upstreams {
+            let Some(tip) = up.tip() else { continue };
+            let lag = self.consensus.standing_of(&tip);
+            let (changed_best, demote) = match up.standing.lock() {
+                Ok(mut st) => {
+                    let was = st.on_best;
+                    st.on_best = lag.is_some();
+                    st.lag = lag.unwrap_or(0);
+                    let demote = match lag {
+                        Some(l) if l > max_lag => Some(Some("lag")),
+                        Some(_) => Some(None),
+                        // Not on the best chain: ahead (being linked) or on a branch; the
+                        // placement decides.
+                        None => None,
+                    };
+                    (was != st.on_best, demote)
+                }
+                Err(_) => (false, None),
+            };
+            if let Some(d) = demote {
+                self.set_demoted(up, d);
+            }
+            if changed_best {
+                let _ = self.events.send(PoolEvent::Standing(up.id));
+            }
         }
     }
 

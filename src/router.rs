@@ -17,10 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientError};
+use crate::consensus::Verdict;
 use crate::pool::{Pool, Upstream};
 use crate::protocol::error::{DAEMON_ERROR, EXCESSIVE_RESOURCE_USAGE, SERVER_BUSY};
 use crate::protocol::methods::{lookup, Kind};
 use crate::protocol::RpcError;
+use serde_json::json;
 
 /// How a method is routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,6 +46,9 @@ impl Policy {
     pub fn default_for(method: &str) -> Policy {
         match method {
             "blockchain.estimatefee" | "blockchain.relayfee" | "mempool.get_info" => Policy::Median,
+            "blockchain.scripthash.get_balance"
+            | "blockchain.scripthash.get_history"
+            | "blockchain.scripthash.listunspent" => Policy::Quorum,
             _ => match lookup(method).map(|m| m.kind) {
                 Some(Kind::Local) => Policy::Local,
                 Some(Kind::Broadcast) => Policy::Broadcast,
@@ -112,6 +117,9 @@ fn worth_retrying(e: &ClientError) -> bool {
     }
 }
 
+/// The upstreams that gave one answer, with their wording of it.
+type Voters = Vec<(Arc<Upstream>, Box<RawValue>)>;
+
 /// Keeps the most telling error: an upstream's own answer beats a transport failure.
 fn keep_telling(slot: &mut Option<ClientError>, e: ClientError) {
     match (&*slot, &e) {
@@ -129,6 +137,65 @@ fn canonical(raw: &RawValue) -> String {
         Ok(v) => v.to_string(),
         Err(_) => raw.get().to_string(),
     }
+}
+
+/// What must be equal for two answers to agree in a vote: the confirmed part of balances,
+/// histories and unspent lists (mempools differ between honest servers), otherwise the whole
+/// answer.
+fn vote_key(method: &str, raw: &RawValue) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(raw.get()) else {
+        return raw.get().to_string();
+    };
+    let confirmed = |e: &&Value| e.get("height").and_then(Value::as_i64).unwrap_or(0) > 0;
+    match method {
+        "blockchain.scripthash.get_balance" => {
+            v.get("confirmed").cloned().unwrap_or_default().to_string()
+        }
+        "blockchain.scripthash.get_history" => match v.as_array() {
+            Some(list) => Value::Array(
+                list.iter()
+                    .filter(confirmed)
+                    .map(|e| json!([e.get("tx_hash"), e.get("height")]))
+                    .collect(),
+            )
+            .to_string(),
+            None => v.to_string(),
+        },
+        "blockchain.scripthash.listunspent" => match v.as_array() {
+            Some(list) => {
+                let mut items: Vec<String> = list
+                    .iter()
+                    .filter(confirmed)
+                    .map(|e| {
+                        json!([
+                            e.get("tx_hash"),
+                            e.get("tx_pos"),
+                            e.get("value"),
+                            e.get("height")
+                        ])
+                        .to_string()
+                    })
+                    .collect();
+                items.sort();
+                items.join(",")
+            }
+            None => v.to_string(),
+        },
+        _ => canonical(raw),
+    }
+}
+
+/// Reads whose answer depends on the tip (served only by upstreams in step with it). Raw
+/// transactions and merkle proofs are checked against the verified chain instead.
+pub fn depends_on_tip(method: &str) -> bool {
+    !matches!(
+        method,
+        "blockchain.transaction.get"
+            | "blockchain.transaction.get_merkle"
+            | "blockchain.transaction.id_from_pos"
+            | "blockchain.transaction.broadcast"
+            | "blockchain.transaction.broadcast_package"
+    )
 }
 
 impl Router {
@@ -158,15 +225,32 @@ impl Router {
         }
     }
 
+    /// One request to one upstream, timed and checked: an answer proven false is turned into
+    /// an error (so it is retried elsewhere) and the upstream is penalised.
     async fn timed(
+        pool: Arc<Pool>,
         up: Arc<Upstream>,
         client: Client,
         method: String,
         params: Vec<Value>,
     ) -> (Arc<Upstream>, Result<Box<RawValue>, ClientError>) {
         let start = Instant::now();
-        let res = client.request(&method, params).await;
+        let res = client.request(&method, params.clone()).await;
         up.record(&res, start.elapsed());
+        let res = match res {
+            Ok(raw) => match pool.consensus().check(&method, &params, &raw) {
+                Verdict::Proven => Ok(raw),
+                Verdict::Unverifiable(why) => Err(ClientError::Protocol(why)),
+                Verdict::False(e) => {
+                    pool.penalize(&up, e.reason());
+                    Err(ClientError::Protocol(format!(
+                        "answer failed verification ({})",
+                        e.reason()
+                    )))
+                }
+            },
+            other => other,
+        };
         (up, res)
     }
 
@@ -184,16 +268,22 @@ impl Router {
         method: &str,
         params: Vec<Value>,
     ) -> Result<Box<RawValue>, RpcError> {
-        let ranked = self.pool.ranked();
+        let ranked = self.pool.ranked_for(depends_on_tip(method));
         if ranked.is_empty() {
-            return Err(unavailable("no upstream is connected"));
+            return Err(unavailable("no upstream is connected and in step"));
         }
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
             let (up, client) = ranked[*next].clone();
             *next += 1;
-            inflight.push(Self::timed(up, client, method.to_string(), params.clone()));
+            inflight.push(Self::timed(
+                self.pool.clone(),
+                up,
+                client,
+                method.to_string(),
+                params.clone(),
+            ));
         };
         launch(&mut next, &mut inflight);
         let hedge = tokio::time::sleep(self.hedge_delay(&ranked[0].0));
@@ -232,44 +322,112 @@ impl Router {
             .unwrap_or_else(|| unavailable("every upstream failed")))
     }
 
-    /// Asks `n` upstreams at once and collects every answer.
-    async fn ask_many(
+    /// Asks the given upstreams at once and collects every answer.
+    async fn ask_all(
         &self,
-        n: usize,
+        targets: Vec<(Arc<Upstream>, Client)>,
         method: &str,
         params: &[Value],
     ) -> Vec<(Arc<Upstream>, Result<Box<RawValue>, ClientError>)> {
-        let ranked = self.pool.ranked();
-        let futs: FuturesUnordered<_> = ranked
+        let futs: FuturesUnordered<_> = targets
             .into_iter()
-            .take(n)
-            .map(|(up, client)| Self::timed(up, client, method.to_string(), params.to_vec()))
+            .map(|(up, client)| {
+                Self::timed(
+                    self.pool.clone(),
+                    up,
+                    client,
+                    method.to_string(),
+                    params.to_vec(),
+                )
+            })
             .collect();
         futs.collect().await
     }
 
-    /// `quorum`: asks k upstreams and answers what a strict majority of the answers says;
-    /// without a majority, the most common answer of the best-ranked upstreams, and the
-    /// disagreement is counted.
+    /// `quorum`: asks `quorum` upstreams (default 2) at once and answers as soon as that many
+    /// agree. An upstream that is slow is hedged (the next one is asked too, as for
+    /// `fastest`); one that fails is replaced by the next. As soon as two answers disagree,
+    /// every upstream in step is asked and the answer is what a strict majority says; the
+    /// upstreams in the minority are penalised. Without a majority the wallet gets an error
+    /// rather than an answer that may be false. What "agree" means depends on the method:
+    /// balances by their confirmed part, histories and unspent lists by their confirmed
+    /// entries (mempools legitimately differ between servers), anything else byte for byte
+    /// after canonical JSON.
     pub async fn quorum(
         &self,
         method: &str,
         params: Vec<Value>,
     ) -> Result<Box<RawValue>, RpcError> {
-        let answers = self.ask_many(self.quorum, method, &params).await;
-        let mut votes: HashMap<String, (usize, Box<RawValue>)> = HashMap::new();
+        let ranked = self.pool.ranked_for(depends_on_tip(method));
+        if ranked.is_empty() {
+            return Err(unavailable("no upstream is connected and in step"));
+        }
+        let need = self.quorum.min(ranked.len()).max(1);
+        let order: Vec<usize> = ranked.iter().map(|(u, _)| u.id).collect();
+        let mut next = 0usize;
+        let mut inflight = FuturesUnordered::new();
+        let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
+            let (up, client) = ranked[*next].clone();
+            *next += 1;
+            inflight.push(Self::timed(
+                self.pool.clone(),
+                up,
+                client,
+                method.to_string(),
+                params.clone(),
+            ));
+        };
+        while next < need {
+            launch(&mut next, &mut inflight);
+        }
+        let hedge = tokio::time::sleep(self.hedge_delay(&ranked[0].0));
+        tokio::pin!(hedge);
         let mut first_error = None;
-        let mut ok = 0;
-        for (_, res) in answers {
-            match res {
-                Ok(raw) => {
-                    ok += 1;
-                    let entry = votes.entry(canonical(&raw)).or_insert((0, raw));
-                    entry.0 += 1;
+        let mut votes: HashMap<String, Voters> = HashMap::new();
+        let mut ok = 0usize;
+        loop {
+            tokio::select! {
+                done = inflight.next() => {
+                    let Some((up, res)) = done else { break };
+                    match res {
+                        Ok(raw) => {
+                            ok += 1;
+                            votes.entry(vote_key(method, &raw)).or_default().push((up, raw));
+                            if votes.len() == 1 && ok >= need {
+                                break;
+                            }
+                            if votes.len() > 1 {
+                                // A disagreement: everyone votes.
+                                while next < ranked.len() {
+                                    launch(&mut next, &mut inflight);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            keep_telling(&mut first_error, e);
+                            if next < ranked.len() {
+                                self.stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                launch(&mut next, &mut inflight);
+                            }
+                        }
+                    }
                 }
-                Err(e) => keep_telling(&mut first_error, e),
+                _ = &mut hedge, if next < ranked.len() => {
+                    self.stats.hedges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    launch(&mut next, &mut inflight);
+                    hedge.as_mut().reset(tokio::time::Instant::now() + self.hedge_delay(&ranked[0].0));
+                }
             }
         }
+        if votes.is_empty() {
+            return Err(first_error
+                .map(client_error_to_rpc)
+                .unwrap_or_else(|| unavailable("every upstream failed")));
+        }
+        let winner = votes
+            .iter()
+            .find(|(_, v)| v.len() * 2 > ok)
+            .map(|(k, _)| k.clone());
         if votes.len() > 1 {
             self.stats
                 .disagreements
@@ -278,16 +436,30 @@ impl Router {
                 method,
                 answers = ok,
                 distinct = votes.len(),
-                "quorum disagreement"
+                "upstreams disagree"
             );
         }
-        let best = votes.into_values().max_by_key(|(count, _)| *count);
-        match best {
-            Some((_, raw)) => Ok(raw),
-            None => Err(first_error
-                .map(client_error_to_rpc)
-                .unwrap_or_else(|| unavailable("no upstream is connected"))),
+        let Some(winner) = winner else {
+            return Err(RpcError::new(
+                DAEMON_ERROR,
+                "upstreams disagree and no majority can be formed; try again",
+            ));
+        };
+        for (key, voters) in &votes {
+            if *key != winner {
+                for (up, _) in voters {
+                    self.pool.penalize(up, "vote_minority");
+                }
+            }
         }
+        let mut chosen = votes.remove(&winner).unwrap_or_default();
+        // The best-ranked upstream's wording of the winning answer.
+        chosen.sort_by_key(|(u, _)| order.iter().position(|id| *id == u.id));
+        chosen
+            .into_iter()
+            .next()
+            .map(|(_, raw)| raw)
+            .ok_or_else(|| unavailable("every upstream failed"))
     }
 
     /// `median`: asks every active upstream; numbers are answered by their median (ignoring
@@ -298,7 +470,9 @@ impl Router {
         method: &str,
         params: Vec<Value>,
     ) -> Result<Box<RawValue>, RpcError> {
-        let answers = self.ask_many(usize::MAX, method, &params).await;
+        let answers = self
+            .ask_all(self.pool.ranked_for(true), method, &params)
+            .await;
         let mut values = Vec::new();
         let mut first_error = None;
         for (_, res) in answers {
@@ -326,7 +500,7 @@ impl Router {
         method: &str,
         params: Vec<Value>,
     ) -> Result<Box<RawValue>, RpcError> {
-        let ranked = self.pool.ranked();
+        let ranked = self.pool.ranked_for(false);
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected"));
         }
@@ -335,8 +509,9 @@ impl Router {
             let tx = tx.clone();
             let method = method.to_string();
             let params = params.clone();
+            let pool = self.pool.clone();
             tokio::spawn(async move {
-                let res = Self::timed(up, client, method, params).await;
+                let res = Self::timed(pool, up, client, method, params).await;
                 let _ = tx.send(res).await;
             });
         }
@@ -382,34 +557,18 @@ pub fn txid_of_hex(raw: &str) -> Option<String> {
     Some(tx.compute_txid().to_string())
 }
 
-fn median_f64(mut xs: Vec<f64>) -> Option<f64> {
-    xs.retain(|x| x.is_finite());
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    Some(if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        // Fee rates are BTC amounts: keep the mean of the middle pair to whole satoshis.
-        ((xs[n / 2 - 1] + xs[n / 2]) / 2.0 * 1e8).round() / 1e8
-    })
-}
-
 /// The median of a set of JSON answers: numbers by value (`-1`, "no estimate", only when
 /// every answer says so), objects field by field, anything else the first answer.
 pub fn median_value(values: &[Value]) -> Value {
     if values.iter().all(Value::is_number) {
         let nums: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
-        let known: Vec<f64> = nums.iter().copied().filter(|x| *x >= 0.0).collect();
-        let m = if known.is_empty() {
-            median_f64(nums)
-        } else {
-            median_f64(known)
-        };
-        return m
-            .and_then(|x| serde_json::Number::from_f64(x).map(Value::Number))
+        // Median after dropping outliers (more than 4x off the median) and "no estimate" (-1),
+        // which wins only when most upstreams say so.
+        let m = crate::chain::fee_consensus(&nums)
+            .map(|x| (x * 1e8).round() / 1e8)
+            .unwrap_or(-1.0);
+        return serde_json::Number::from_f64(m)
+            .map(Value::Number)
             .unwrap_or_else(|| values[0].clone());
     }
     if let Some(first) = values[0].as_object() {
@@ -443,6 +602,14 @@ mod tests {
         );
         assert_eq!(
             Policy::default_for("blockchain.scripthash.get_history"),
+            Policy::Quorum
+        );
+        assert_eq!(
+            Policy::default_for("blockchain.scripthash.get_mempool"),
+            Policy::Fastest
+        );
+        assert_eq!(
+            Policy::default_for("blockchain.transaction.get"),
             Policy::Fastest
         );
         assert_eq!(Policy::default_for("server.banner"), Policy::Local);
@@ -454,8 +621,16 @@ mod tests {
             median_value(&[json!(0.0002), json!(-1), json!(0.0004)]),
             json!(0.0003)
         );
-        assert_eq!(median_value(&[json!(1), json!(9), json!(2)]), json!(2.0));
-        assert_eq!(median_value(&[json!(-1), json!(-1)]), json!(-1.0));
+        assert_eq!(median_value(&[json!(1), json!(2), json!(2)]), json!(2.0));
+        assert_eq!(
+            median_value(&[json!(-1), json!(-1), json!(0.0001)]),
+            json!(-1.0)
+        );
+        // A wild outlier does not move the answer.
+        assert_eq!(
+            median_value(&[json!(0.0001), json!(0.00011), json!(0.00012), json!(5.0)]),
+            json!(0.00011)
+        );
     }
 
     #[test]

@@ -556,7 +556,9 @@ async fn dispatch_inner(
             Err(e) => Err(e),
         },
         "blockchain.scripthash.unsubscribe" => unsubscribe(ctx, shared, &req, address),
-        _ => read(ctx, shared, &req, info.kind).await,
+        "blockchain.block.header" => block_header(ctx, &req),
+        "blockchain.block.headers" => block_headers(ctx, &req, shared.protocol()),
+        _ => read(ctx, &req, info.kind).await,
     };
     (result, confirms)
 }
@@ -623,13 +625,7 @@ fn unsubscribe(
 
 /// A read routed to upstreams, translated between the wallet's protocol version and what
 /// upstreams speak.
-async fn read(
-    ctx: &Arc<Ctx>,
-    shared: &SessionShared,
-    req: &Request,
-    kind: Kind,
-) -> Result<Box<RawValue>, RpcError> {
-    let wallet = shared.protocol();
+async fn read(ctx: &Arc<Ctx>, req: &Request, kind: Kind) -> Result<Box<RawValue>, RpcError> {
     let policy = ctx.cfg.policy(&req.method);
     let policy = if kind == Kind::Broadcast && policy == Policy::Local {
         Policy::Broadcast
@@ -697,19 +693,22 @@ async fn read(
                 other => other,
             };
         }
-        "blockchain.block.headers" => {
-            let v = ctx
-                .router
-                .route(policy, &req.method, req.params.clone())
-                .await?;
-            return translate_headers(v, wallet);
+        "blockchain.transaction.id_from_pos" => {
+            // Always fetch the merkle branch: it is what proves the txid.
+            let height = req.params.first().cloned().unwrap_or(Value::Null);
+            let pos = req.params.get(1).cloned().unwrap_or(Value::Null);
+            let want_merkle = req.params.get(2).and_then(Value::as_bool).unwrap_or(false);
+            let params = vec![height, pos, Value::Bool(true)];
+            let v = cached_route(ctx, policy, &req.method, params).await?;
+            if want_merkle {
+                return Ok(v);
+            }
+            let v: Value = crate::protocol::from_raw(&v)?;
+            return raw(&v.get("tx_hash").cloned().unwrap_or(Value::Null));
         }
         _ => {}
     }
-    let res = ctx
-        .router
-        .route(policy, &req.method, req.params.clone())
-        .await;
+    let res = cached_route(ctx, policy, &req.method, req.params.clone()).await;
     match (&res, req.method.as_str()) {
         (Err(e), "blockchain.scripthash.get_mempool")
             if e.code == crate::protocol::error::METHOD_NOT_FOUND =>
@@ -738,64 +737,95 @@ async fn read(
     }
 }
 
-/// `blockchain.block.headers` is `{"count","max","hex"}` up to 1.5 and
-/// `{"count","max","headers":[...]}` from 1.6: give the wallet its own form whatever the
-/// upstream spoke.
-fn translate_headers(v: Box<RawValue>, wallet: (u32, u32, u32)) -> Result<Box<RawValue>, RpcError> {
-    let mut obj: serde_json::Map<String, Value> = crate::protocol::from_raw(&v)?;
-    let wants_list = (wallet.0, wallet.1) >= (1, 6);
-    if wants_list && !obj.contains_key("headers") {
-        let hex = obj
-            .remove("hex")
-            .and_then(|h| h.as_str().map(str::to_string))
-            .ok_or_else(|| RpcError::internal("upstream headers answer has no hex"))?;
-        if hex.len() % 160 != 0 {
-            return Err(RpcError::internal(
-                "upstream headers hex is not whole headers",
-            ));
-        }
-        let list: Vec<Value> = (0..hex.len() / 160)
-            .map(|i| Value::String(hex[i * 160..(i + 1) * 160].to_string()))
-            .collect();
-        obj.insert("headers".into(), Value::Array(list));
-    } else if !wants_list && !obj.contains_key("hex") {
-        let list = obj
-            .remove("headers")
-            .and_then(|h| h.as_array().cloned())
-            .ok_or_else(|| RpcError::internal("upstream headers answer has no headers"))?;
-        let mut hex = String::with_capacity(list.len() * 160);
-        for h in list {
-            hex.push_str(h.as_str().unwrap_or_default());
-        }
-        obj.insert("hex".into(), Value::String(hex));
+/// Routes a read, answering verified immutable answers from the cache.
+async fn cached_route(
+    ctx: &Ctx,
+    policy: Policy,
+    method: &str,
+    params: Vec<Value>,
+) -> Result<Box<RawValue>, RpcError> {
+    let consensus = ctx.pool.consensus();
+    if let Some(hit) = ctx.cache.get(consensus, method, &params) {
+        return Ok(hit);
     }
-    raw(&obj)
+    let v = ctx.router.route(policy, method, params.clone()).await?;
+    ctx.cache.put(consensus, method, &params, &v);
+    Ok(v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_translate_both_ways() {
-        let h1 = "00".repeat(80);
-        let h2 = "11".repeat(80);
-        let hex_form = serde_json::value::to_raw_value(
-            &json!({"count": 2, "max": 2016, "hex": format!("{h1}{h2}")}),
-        )
-        .unwrap();
-        let out: Value =
-            serde_json::from_str(translate_headers(hex_form, (1, 6, 0)).unwrap().get()).unwrap();
-        assert_eq!(out["headers"], json!([h1, h2]));
-        assert!(out.get("hex").is_none());
-        let list_form =
-            serde_json::value::to_raw_value(&json!({"count": 2, "max": 2016, "headers": [h1, h2]}))
-                .unwrap();
-        let out: Value =
-            serde_json::from_str(translate_headers(list_form, (1, 4, 0)).unwrap().get()).unwrap();
-        assert_eq!(out["hex"], json!(format!("{h1}{h2}")));
-        let bad = serde_json::value::to_raw_value(&json!({"count": 1, "max": 2016, "hex": "abc"}))
-            .unwrap();
-        assert!(translate_headers(bad, (1, 6, 0)).is_err());
+fn param_height(
+    req: &Request,
+    i: usize,
+    what: &str,
+    default: Option<u32>,
+) -> Result<u32, RpcError> {
+    match req.params.get(i) {
+        None | Some(Value::Null) => {
+            default.ok_or_else(|| RpcError::invalid_params(format!("missing {what}")))
+        }
+        Some(v) => v
+            .as_u64()
+            .and_then(|h| u32::try_from(h).ok())
+            .ok_or_else(|| RpcError::bad_request(format!("{what} {v} is not a valid height"))),
     }
+}
+
+/// `blockchain.block.header(height, cp_height=0)` from the verified chain, with a header
+/// proof computed locally when `cp_height` is given.
+fn block_header(ctx: &Ctx, req: &Request) -> Result<Box<RawValue>, RpcError> {
+    let height = param_height(req, 0, "height", None)?;
+    let cp_height = param_height(req, 1, "cp_height", Some(0))?;
+    ctx.pool.consensus().with_chain(|c| {
+        let hex = c
+            .header_hex(height)
+            .ok_or_else(|| RpcError::bad_request(format!("height {height} out of range")))?;
+        if cp_height == 0 {
+            return raw(&hex);
+        }
+        let proof = c
+            .header_proof(height, cp_height)
+            .map_err(|e| RpcError::bad_request(e.to_string()))?;
+        raw(&json!({"header": hex, "branch": proof.branch, "root": proof.root}))
+    })
+}
+
+/// `blockchain.block.headers(start, count, cp_height=0)` from the verified chain: at most
+/// 2016 headers, as `hex` up to protocol 1.5 and as a `headers` list from 1.6.
+fn block_headers(
+    ctx: &Ctx,
+    req: &Request,
+    wallet: (u32, u32, u32),
+) -> Result<Box<RawValue>, RpcError> {
+    const MAX: u32 = 2016;
+    let start = param_height(req, 0, "start_height", None)?;
+    let count = param_height(req, 1, "count", None)?.min(MAX);
+    let cp_height = param_height(req, 2, "cp_height", Some(0))?;
+    ctx.pool.consensus().with_chain(|c| {
+        let tip = c.height();
+        let count = if start > tip {
+            0
+        } else {
+            count.min(tip - start + 1)
+        };
+        let mut out = serde_json::Map::new();
+        out.insert("count".into(), json!(count));
+        out.insert("max".into(), json!(MAX));
+        let hex = c.headers_hex(start, count);
+        if (wallet.0, wallet.1) >= (1, 6) {
+            let list: Vec<Value> = (0..count as usize)
+                .map(|i| Value::String(hex[i * 160..(i + 1) * 160].to_string()))
+                .collect();
+            out.insert("headers".into(), Value::Array(list));
+        } else {
+            out.insert("hex".into(), Value::String(hex));
+        }
+        if count > 0 && cp_height > 0 {
+            let proof = c
+                .header_proof(start + count - 1, cp_height)
+                .map_err(|e| RpcError::bad_request(e.to_string()))?;
+            out.insert("branch".into(), json!(proof.branch));
+            out.insert("root".into(), json!(proof.root));
+        }
+        raw(&out)
+    })
 }
