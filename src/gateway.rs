@@ -27,6 +27,8 @@ pub struct Ctx {
     pub hub: Arc<Hub>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Prometheus metrics and the recent-events log.
+    pub metrics: Arc<crate::metrics::Metrics>,
     next_session: AtomicU64,
     sessions: AtomicI64,
 }
@@ -87,6 +89,7 @@ pub struct Gateway {
     tcp: Option<SocketAddr>,
     tls: Option<SocketAddr>,
     ws: Option<SocketAddr>,
+    http: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -123,6 +126,7 @@ impl Gateway {
             router,
             hub,
             shutdown: shutdown.clone(),
+            metrics: crate::metrics::Metrics::new(),
             next_session: AtomicU64::new(1),
             sessions: AtomicI64::new(0),
         });
@@ -132,6 +136,7 @@ impl Gateway {
             tcp: None,
             tls: None,
             ws: None,
+            http: None,
         };
         let max_line = cfg.limits.max_line_bytes;
         if let Some(addr) = listen_addr(&cfg.listen.tcp)? {
@@ -167,6 +172,9 @@ impl Gateway {
             );
             gw.ws = Some(spawn_listener(ctx.clone(), url, None, max_line).await?);
         }
+        if let Some(addr) = listen_addr(&cfg.listen.http)? {
+            gw.http = Some(crate::http::serve_http(ctx.clone(), addr).await?);
+        }
         Ok(gw)
     }
 
@@ -188,6 +196,11 @@ impl Gateway {
     /// The bound WebSocket listener address.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws
+    }
+
+    /// The bound HTTP listener address (metrics, health, status, admin).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// Stops listeners, sessions and upstream connections.

@@ -119,6 +119,8 @@ pub struct Upstream {
     tip: RwLock<Option<Tip>>,
     /// An operator took this upstream out of rotation.
     pub cordoned: AtomicBool,
+    /// Reports each request's latency to the metrics.
+    pub observer: crate::metrics::UpstreamObserver,
 }
 
 impl Upstream {
@@ -131,6 +133,7 @@ impl Upstream {
             stats: Mutex::new(Stats::default()),
             tip: RwLock::new(None),
             cordoned: AtomicBool::new(false),
+            observer: Default::default(),
         }
     }
 
@@ -200,6 +203,7 @@ impl Upstream {
             Ok(_) | Err(ClientError::Rpc(_)) => false,
             Err(_) => true,
         };
+        self.observer.observe(|| self.name(), elapsed, failed);
         s.error_rate = s.error_rate * 0.9 + if failed { 0.1 } else { 0.0 };
         if failed {
             s.failed += 1;
