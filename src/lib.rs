@@ -15,4 +15,5 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod servers;
+pub mod sim;
 pub mod transport;

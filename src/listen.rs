@@ -324,10 +324,11 @@ async fn handshake(
 ) -> io::Result<Framed> {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     let ws_config = || {
-        let mut c = WebSocketConfig::default();
-        c.max_message_size = Some(max);
-        c.max_frame_size = Some(max);
-        Some(c)
+        Some(WebSocketConfig {
+            max_message_size: Some(max),
+            max_frame_size: Some(max),
+            ..WebSocketConfig::default()
+        })
     };
     let ws_err = |e: tokio_tungstenite::tungstenite::Error| {
         io::Error::new(io::ErrorKind::InvalidData, e.to_string())

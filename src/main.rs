@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default command).
     Serve(ServeArgs),
+    /// Run a simulated regtest network of three servers with the gateway in front, offline.
+    Demo(DemoArgs),
+    /// Run the simulated Electrum server.
+    Sim(electrum_gateway::sim::SimArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -50,6 +54,25 @@ struct ServeArgs {
     /// Data directory [default: ~/.electrum-gateway].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DemoArgs {
+    /// Wallet TCP listener of the gateway.
+    #[arg(long, default_value = "127.0.0.1:50001", value_name = "ADDR")]
+    listen_tcp: String,
+    /// Wallet TLS listener of the gateway ("" disables it).
+    #[arg(long, default_value = "127.0.0.1:50002", value_name = "ADDR")]
+    listen_tls: String,
+    /// HTTP listener of the gateway.
+    #[arg(long, default_value = "127.0.0.1:9190", value_name = "ADDR")]
+    http: String,
+    /// Data directory [default: a fresh temporary directory].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seed of the simulated chain.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 impl ServeArgs {
@@ -118,16 +141,67 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    use electrum_gateway::sim::{EndpointSpec, Sim, SimConfig};
+    let endpoints = (0..3)
+        .map(|_| "127.0.0.1:0".parse::<EndpointSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let sim = Sim::start(SimConfig {
+        seed: args.seed,
+        endpoints,
+        ..SimConfig::default()
+    })
+    .await?;
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("electrum-gateway-demo-{}", std::process::id())),
+    };
+    let mut cfg = Config::default();
+    cfg.network = "regtest".into();
+    cfg.data_dir = data_dir;
+    cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
+    cfg.upstreams.use_server_list = false;
+    cfg.upstreams.reconnect_initial_secs = 0.5;
+    cfg.upstreams.reconnect_max_secs = 5.0;
+    cfg.listen.tcp = args.listen_tcp;
+    cfg.listen.tls = args.listen_tls;
+    cfg.listen.http = args.http;
+    let gw = Gateway::start(cfg).await?;
+    println!("Simulated regtest servers (tip at height {}):", sim.tip_height());
+    for u in sim.urls() {
+        println!("  {u}");
+    }
+    if let Some(a) = gw.tcp_addr() {
+        println!("Gateway for wallets:  tcp://{a}");
+        println!();
+        println!("Point a wallet at it, for example:");
+        println!("  electrum --regtest --oneserver --server {}:{}:t", a.ip(), a.port());
+        println!("  electrum-gateway call --server tcp://{a} blockchain.headers.subscribe");
+    }
+    if let Some(a) = gw.tls_addr() {
+        println!("Gateway over TLS:     ssl://{a} (self-signed certificate)");
+    }
+    println!("Mine a block on the simulated network:");
+    if let Some(u) = sim.urls().first() {
+        println!("  echo '{{\"id\":1,\"method\":\"sim.mine\",\"params\":[1]}}' | nc {} {}", u.host, u.port);
+    }
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await;
+    gw.shutdown();
+    sim.shutdown().await;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Demo(args)) => demo(args).await,
+            Some(Command::Sim(args)) => electrum_gateway::sim::run(args).await,
         }
     })
 }

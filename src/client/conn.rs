@@ -249,8 +249,7 @@ impl Shared {
             match st.subs.entry(key.clone()) {
                 Entry::Occupied(mut e) => {
                     let entry = e.get_mut();
-                    entry.subscribers.push((sid, tx));
-                    match &entry.last {
+                    let plan = match &entry.last {
                         Some(v) => {
                             Plan::Ready(serde_json::value::to_raw_value(v).map_err(|e| {
                                 ClientError::Protocol(format!("cannot serialize value: {e}"))
@@ -261,7 +260,9 @@ impl Shared {
                             entry.waiters.push(wtx);
                             Plan::Wait(wrx)
                         }
-                    }
+                    };
+                    entry.subscribers.push((sid, tx));
+                    plan
                 }
                 Entry::Vacant(v) => {
                     let id = self.next_id();

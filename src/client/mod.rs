@@ -30,8 +30,9 @@
 //!         ("blockchain.estimatefee".into(), vec![json!(6)]),
 //!     ])
 //!     .await?;
+//! let scripthash = "8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161";
 //! let (status, mut changes) = client
-//!     .subscribe("blockchain.scripthash.subscribe", vec![json!("8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161")])
+//!     .subscribe("blockchain.scripthash.subscribe", vec![json!(scripthash)])
 //!     .await?;
 //! while let Some(new_status) = changes.next().await {
 //!     println!("status changed from {status} to {new_status}");
@@ -41,12 +42,12 @@
 //! # }
 //! ```
 
-mod address_shim;
 mod conn;
 mod connect;
 pub mod tls;
 
-use futures::Stream;
+use futures::future::{self, BoxFuture};
+use futures::{FutureExt, Stream};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -54,15 +55,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::JoinHandle;
 
+use crate::address;
 use crate::protocol::{methods, RpcError, SubscriptionKey, DEFAULT_MAX_LINE};
 use crate::transport::ServerUrl;
-use address_shim as address;
 use conn::Shared;
 
 /// A SOCKS5 proxy (Tor, or any SOCKS5 server). Target host names are sent to the proxy
@@ -352,7 +352,8 @@ pub enum ClientError {
 /// The client's handle on its background task; dropping the last [`Client`] clone stops it.
 struct ClientInner {
     shared: Arc<Shared>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Completes when the background task has ended; every clone may await it.
+    task: future::Shared<BoxFuture<'static, ()>>,
 }
 
 impl Drop for ClientInner {
@@ -424,10 +425,13 @@ impl Client {
         let shared = Arc::new(Shared::new(config));
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(conn::run(shared.clone(), framed, ready_tx));
+        let task = async move {
+            let _ = task.await;
+        };
         let client = Client {
             inner: Arc::new(ClientInner {
                 shared,
-                task: Mutex::new(Some(task)),
+                task: task.boxed().shared(),
             }),
         };
         match ready_rx.await {
@@ -532,15 +536,7 @@ impl Client {
     /// closed.
     pub async fn close(&self) {
         self.shared().shutdown();
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.inner.task.clone().await;
     }
 }
 

@@ -71,7 +71,10 @@ impl Wallet {
             return self.responses.remove(i);
         }
         loop {
-            let m = self.read_message().await.expect("connection closed while waiting");
+            let m = self
+                .read_message()
+                .await
+                .expect("connection closed while waiting");
             if m.get("method").is_some() {
                 self.notifications.push_back(m);
             } else if m["id"] == json!(id) {
@@ -98,7 +101,9 @@ impl Wallet {
     pub async fn call_err(&mut self, method: &str, params: Value) -> Value {
         let id = self.send(method, params).await;
         let r = self.response(id).await;
-        r.get("error").cloned().unwrap_or_else(|| panic!("{method} succeeded: {r}"))
+        r.get("error")
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} succeeded: {r}"))
     }
 
     /// Waits for the next notification.
@@ -107,7 +112,10 @@ impl Wallet {
             return n;
         }
         loop {
-            let m = self.read_message().await.expect("connection closed while waiting");
+            let m = self
+                .read_message()
+                .await
+                .expect("connection closed while waiting");
             if m.get("method").is_some() {
                 return m;
             }
@@ -117,7 +125,11 @@ impl Wallet {
 
     /// Waits for a notification of `method` whose first param is `key` (any for headers)
     /// and whose value satisfies `pred`, skipping others.
-    pub async fn notification_until(&mut self, method: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn notification_until(
+        &mut self,
+        method: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         loop {
             let n = self.notification().await;
             if n["method"] == json!(method) && pred(&n) {
