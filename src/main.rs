@@ -167,7 +167,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     cfg.listen.tls = args.listen_tls;
     cfg.listen.http = args.http;
     let gw = Gateway::start(cfg).await?;
-    println!("Simulated regtest servers (tip at height {}):", sim.tip_height());
+    println!(
+        "Simulated regtest servers (tip at height {}):",
+        sim.tip_height()
+    );
     for u in sim.urls() {
         println!("  {u}");
     }
@@ -175,7 +178,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("Gateway for wallets:  tcp://{a}");
         println!();
         println!("Point a wallet at it, for example:");
-        println!("  electrum --regtest --oneserver --server {}:{}:t", a.ip(), a.port());
+        println!(
+            "  electrum --regtest --oneserver --server {}:{}:t",
+            a.ip(),
+            a.port()
+        );
         println!("  electrum-gateway call --server tcp://{a} blockchain.headers.subscribe");
     }
     if let Some(a) = gw.tls_addr() {
@@ -183,7 +190,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("Mine a block on the simulated network:");
     if let Some(u) = sim.urls().first() {
-        println!("  echo '{{\"id\":1,\"method\":\"sim.mine\",\"params\":[1]}}' | nc {} {}", u.host, u.port);
+        println!(
+            "  echo '{{\"id\":1,\"method\":\"sim.mine\",\"params\":[1]}}' | nc {} {}",
+            u.host, u.port
+        );
     }
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await;
@@ -195,7 +205,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             None => serve(cli.serve).await,

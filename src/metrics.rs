@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::gateway::Ctx;
 use crate::pool::{PoolEvent, Tip, UpState, Upstream};
-use crate::protocol::methods::{lookup, MethodInfo};
+use crate::protocol::methods::{lookup, Cache, MethodInfo, METHODS};
 use crate::protocol::RpcError;
 
 /// The prefix of every gateway metric.
@@ -364,6 +364,10 @@ impl Metrics {
         }
         for r in DEMOTION_REASONS {
             m.demotions.with_label_values(&[*r]);
+        }
+        for method in METHODS.iter().filter(|m| m.cache != Cache::Never) {
+            m.cache_hits.with_label_values(&[method.name]);
+            m.cache_misses.with_label_values(&[method.name]);
         }
         Arc::new(m)
     }
@@ -849,6 +853,10 @@ mod tests {
         let t = text(&m);
         assert!(t.contains(r#"electrum_gateway_verification_failures_total{reason="merkle"} 0"#));
         assert!(t.contains(r#"electrum_gateway_demotions_total{reason="lagging"} 0"#));
+        assert!(t.contains(
+            r#"electrum_gateway_cache_hits_total{method="blockchain.transaction.get"} 0"#
+        ));
+        assert!(!t.contains(r#"cache_hits_total{method="blockchain.scripthash.get_balance"}"#));
         m.verification_failed("merkle");
         m.verification_failed_at(Some("a:1"), "merkle");
         m.verification_failed("Not An Identifier: 1.2.3.4");

@@ -277,7 +277,9 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
         .iter()
         .map(|a| json!(net.sim.status(a.scripthash).unwrap()))
         .collect();
-    let changed: HashSet<usize> = (0..ADDRESSES.len()).filter(|k| before[*k] != after[*k]).collect();
+    let changed: HashSet<usize> = (0..ADDRESSES.len())
+        .filter(|k| before[*k] != after[*k])
+        .collect();
     assert!(changed.contains(&0));
     for (i, w) in wallets.iter_mut() {
         let watched: Vec<usize> = (0..3).map(|k| (*i + k) % ADDRESSES.len()).collect();
@@ -286,7 +288,11 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
             .notification_until("blockchain.headers.subscribe", |_| true)
             .await;
         assert_eq!(h["params"][0]["height"], tip);
-        assert_eq!(h["params"][0].as_object().unwrap().len(), 2, "exactly hex and height");
+        assert_eq!(
+            h["params"][0].as_object().unwrap().len(),
+            2,
+            "exactly hex and height"
+        );
         // Each watched address that changed ends at its final status.
         for k in watched.iter().filter(|k| changed.contains(k)) {
             let sh = json!(ADDRESSES[*k].scripthash);
@@ -309,9 +315,18 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
                 .iter()
                 .position(|a| json!(a.scripthash) == n["params"][0])
                 .unwrap();
-            assert!(watched.contains(&k), "wallet {i}: notified for an unwatched address: {n}");
-            assert!(changed.contains(&k), "wallet {i}: notified without a change: {n}");
-            assert_ne!(n["params"][1], after[k], "wallet {i}: final status notified twice");
+            assert!(
+                watched.contains(&k),
+                "wallet {i}: notified for an unwatched address: {n}"
+            );
+            assert!(
+                changed.contains(&k),
+                "wallet {i}: notified without a change: {n}"
+            );
+            assert_ne!(
+                n["params"][1], after[k],
+                "wallet {i}: final status notified twice"
+            );
         }
     }
     // When every wallet leaves, the upstream subscriptions go too.
