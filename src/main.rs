@@ -156,9 +156,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("electrum-gateway-demo-{}", std::process::id())),
     };
-    let mut cfg = Config::default();
-    cfg.network = "regtest".into();
-    cfg.data_dir = data_dir;
+    let mut cfg = Config {
+        network: "regtest".into(),
+        data_dir,
+        ..Config::default()
+    };
     cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
     cfg.upstreams.use_server_list = false;
     cfg.upstreams.reconnect_initial_secs = 0.5;
