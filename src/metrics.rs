@@ -41,16 +41,29 @@ pub const EVENT_CAPACITY: usize = 256;
 /// Most distinct reason labels kept per metric; further reasons count as `other`.
 const MAX_REASONS: usize = 32;
 
-/// Verification failure reasons exported at zero from the start: one per kind of check in the
-/// method catalogue, so dashboards and alerts see the series before the first failure.
+/// Verification failure reasons exported at zero from the start, so dashboards and alerts see
+/// the series before the first failure: the labels of the chain layer's answer checks
+/// ([`crate::chain::VerifyError::reason`]) and header rejections
+/// ([`crate::chain::RejectReason::as_str`]).
 pub const VERIFICATION_REASONS: &[&str] = &[
-    "header",
-    "transaction",
-    "merkle",
-    "status",
-    "history",
-    "broadcast",
-    "fee",
+    // Answer checks.
+    "bad_encoding",
+    "bad_txid",
+    "bad_merkle",
+    "bad_header",
+    "bad_status",
+    "history_mismatch",
+    "bad_broadcast",
+    // Header chain rejections.
+    "bad_genesis",
+    "bad_link",
+    "bad_target",
+    "bad_pow",
+    "checkpoint",
+    "bad_time",
+    "bad_version",
+    "too_old",
+    "unconnected",
 ];
 
 /// Demotion reasons exported at zero from the start.
@@ -404,8 +417,8 @@ impl Metrics {
     }
 
     /// Counts a verification failure. `reason` should be a short identifier such as
-    /// `header` or `merkle` (see [`VERIFICATION_REASONS`]); it is also logged and shown on the
-    /// status page.
+    /// `bad_merkle` (see [`VERIFICATION_REASONS`]); it is also logged and shown on the status
+    /// page.
     pub fn verification_failed(&self, reason: &str) {
         self.verification_failed_at(None, reason);
     }
@@ -851,14 +864,16 @@ mod tests {
     fn verification_metrics_exist_at_zero_and_reasons_stay_bounded() {
         let m = Metrics::new();
         let t = text(&m);
-        assert!(t.contains(r#"electrum_gateway_verification_failures_total{reason="merkle"} 0"#));
+        assert!(
+            t.contains(r#"electrum_gateway_verification_failures_total{reason="bad_merkle"} 0"#)
+        );
         assert!(t.contains(r#"electrum_gateway_demotions_total{reason="lagging"} 0"#));
         assert!(t.contains(
             r#"electrum_gateway_cache_hits_total{method="blockchain.transaction.get"} 0"#
         ));
         assert!(!t.contains(r#"cache_hits_total{method="blockchain.scripthash.get_balance"}"#));
-        m.verification_failed("merkle");
-        m.verification_failed_at(Some("a:1"), "merkle");
+        m.verification_failed("bad_merkle");
+        m.verification_failed_at(Some("a:1"), "bad_merkle");
         m.verification_failed("Not An Identifier: 1.2.3.4");
         for i in 0..100 {
             m.demoted(&format!("r{i}"));
@@ -867,7 +882,9 @@ mod tests {
         m.cache_miss("no.such.method");
         m.header_sync(100, 200);
         let t = text(&m);
-        assert!(t.contains(r#"electrum_gateway_verification_failures_total{reason="merkle"} 2"#));
+        assert!(
+            t.contains(r#"electrum_gateway_verification_failures_total{reason="bad_merkle"} 2"#)
+        );
         assert!(t.contains(r#"electrum_gateway_verification_failures_total{reason="other"} 1"#));
         let demotion_series = t
             .lines()
@@ -889,6 +906,61 @@ mod tests {
         assert!(ev
             .iter()
             .any(|e| e.kind == "verification" && e.upstream.as_deref() == Some("a:1")));
+    }
+
+    #[test]
+    fn every_chain_layer_reason_is_exported_from_the_start() {
+        use crate::chain::{RejectReason as R, VerifyError as V};
+        let s = String::new;
+        let checks = [
+            V::BadEncoding(s()),
+            V::BadTxid,
+            V::BadMerkle(s()),
+            V::BadHeader(s()),
+            V::BadStatus,
+            V::HistoryMismatch(s()),
+            V::BadBroadcast(s()),
+        ];
+        for e in &checks {
+            // A new variant makes this match fail to compile: add its label above.
+            match e {
+                V::BadEncoding(_)
+                | V::BadTxid
+                | V::BadMerkle(_)
+                | V::BadHeader(_)
+                | V::BadStatus
+                | V::HistoryMismatch(_)
+                | V::BadBroadcast(_) => {}
+            }
+            assert!(VERIFICATION_REASONS.contains(&e.reason()), "{}", e.reason());
+        }
+        let rejects = [
+            R::BadGenesis,
+            R::BadLink,
+            R::BadTarget,
+            R::BadPow,
+            R::Checkpoint,
+            R::BadTime,
+            R::BadVersion,
+            R::TooOld,
+            R::Unconnected,
+            R::BadEncoding,
+        ];
+        for r in rejects {
+            match r {
+                R::BadGenesis
+                | R::BadLink
+                | R::BadTarget
+                | R::BadPow
+                | R::Checkpoint
+                | R::BadTime
+                | R::BadVersion
+                | R::TooOld
+                | R::Unconnected
+                | R::BadEncoding => {}
+            }
+            assert!(VERIFICATION_REASONS.contains(&r.as_str()), "{}", r.as_str());
+        }
     }
 
     #[test]

@@ -254,9 +254,11 @@ impl Net {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.network = "regtest".into();
-        cfg.data_dir = dir.path().to_path_buf();
+        let mut cfg = Config {
+            network: "regtest".into(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
         cfg.upstreams.use_server_list = false;
         cfg.upstreams.reconnect_initial_secs = 0.05;
@@ -576,8 +578,8 @@ async fn metrics_health_status_and_admin_over_http() {
     let h = net.get("/health").await;
     assert_eq!(h.status, 503);
     assert_eq!(h.json()["reason"], "every connected upstream is cordoned");
-    for i in 0..3 {
-        let u = net.admin_ok("upstreams.uncordon", json!([names[i]])).await;
+    for name in &names {
+        let u = net.admin_ok("upstreams.uncordon", json!([name])).await;
         assert_eq!(u["cordoned"], false);
     }
     assert_eq!(net.get("/health").await.status, 200);
@@ -705,9 +707,11 @@ async fn metrics_health_status_and_admin_over_http() {
 async fn the_admin_api_needs_a_token_off_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let config = |http: &str, token: &str| {
-        let mut cfg = Config::default();
-        cfg.network = "regtest".into();
-        cfg.data_dir = dir.path().to_path_buf();
+        let mut cfg = Config {
+            network: "regtest".into(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         // Nothing listens there: the gateway runs without a usable upstream.
         cfg.upstreams.servers = vec!["tcp://127.0.0.1:9".into()];
         cfg.upstreams.use_server_list = false;
