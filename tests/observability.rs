@@ -647,21 +647,21 @@ async fn metrics_health_status_and_admin_over_http() {
 
     // Failover: an upstream lost is an event and a counter; losing all turns health red.
     net.sim.stop_endpoint(0).await;
-    until("the upstream's loss in /status", || async {
-        let s = net.status().await;
-        (s["upstreams"][0]["state"] != "up").then_some(())
-    })
+    let s = until(
+        "the upstream's loss among the events of /status",
+        || async {
+            let s = net.status().await;
+            s["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "failover" && e["upstream"] == json!(names[0]))
+                .then_some(s)
+        },
+    )
     .await;
-    let s = net.status().await;
-    assert!(
-        s["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "failover" && e["upstream"] == json!(names[0])),
-        "{}",
-        s["events"]
-    );
+    assert_ne!(s["upstreams"][0]["state"], "up");
+    assert_eq!(s["upstreams"][0]["healthy"], false);
     assert!(s["counters"]["failovers"].as_u64().unwrap() >= 1);
     let m = net.samples().await;
     assert!(metric(&m, "electrum_gateway_failovers_total", &[]).unwrap() >= 1.0);
