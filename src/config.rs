@@ -79,6 +79,9 @@ pub struct ListenConfig {
     pub tls_cert: String,
     /// PEM private key for the TLS listener.
     pub tls_key: String,
+    /// Bearer token the admin API requires; needed to put the HTTP listener on a
+    /// non-loopback address.
+    pub admin_token: String,
 }
 
 /// Upstream servers and how to reach them.
@@ -172,6 +175,7 @@ impl Default for ListenConfig {
             http: "127.0.0.1:9190".into(),
             tls_cert: String::new(),
             tls_key: String::new(),
+            admin_token: String::new(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Verified immutable answers.
     pub cache: crate::cache::AnswerCache,
+    /// Prometheus metrics and the recent-events log.
+    pub metrics: Arc<crate::metrics::Metrics>,
     next_session: AtomicU64,
     sessions: AtomicI64,
 }
@@ -89,6 +91,7 @@ pub struct Gateway {
     tcp: Option<SocketAddr>,
     tls: Option<SocketAddr>,
     ws: Option<SocketAddr>,
+    http: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -126,6 +129,7 @@ impl Gateway {
             hub,
             shutdown: shutdown.clone(),
             cache: crate::cache::AnswerCache::new(cfg.verify.cache_entries, cfg.verify.cache_depth),
+            metrics: crate::metrics::Metrics::new(),
             next_session: AtomicU64::new(1),
             sessions: AtomicI64::new(0),
         });
@@ -135,6 +139,7 @@ impl Gateway {
             tcp: None,
             tls: None,
             ws: None,
+            http: None,
         };
         let max_line = cfg.limits.max_line_bytes;
         if let Some(addr) = listen_addr(&cfg.listen.tcp)? {
@@ -170,6 +175,9 @@ impl Gateway {
             );
             gw.ws = Some(spawn_listener(ctx.clone(), url, None, max_line).await?);
         }
+        if let Some(addr) = listen_addr(&cfg.listen.http)? {
+            gw.http = Some(crate::http::serve_http(ctx.clone(), addr).await?);
+        }
         Ok(gw)
     }
 
@@ -191,6 +199,11 @@ impl Gateway {
     /// The bound WebSocket listener address.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws
+    }
+
+    /// The bound HTTP listener address (metrics, health, status, admin).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// Stops listeners, sessions and upstream connections.

@@ -124,6 +124,8 @@ pub struct Upstream {
     link: LinkGuard,
     /// An operator took this upstream out of rotation.
     pub cordoned: AtomicBool,
+    /// Reports each request's latency to the metrics.
+    pub observer: crate::metrics::UpstreamObserver,
 }
 
 impl Upstream {
@@ -138,6 +140,7 @@ impl Upstream {
             standing: Mutex::new(Standing::default()),
             link: LinkGuard::default(),
             cordoned: AtomicBool::new(false),
+            observer: Default::default(),
         }
     }
 
@@ -217,6 +220,7 @@ impl Upstream {
             Ok(_) | Err(ClientError::Rpc(_)) => false,
             Err(_) => true,
         };
+        self.observer.observe(|| self.name(), elapsed, failed);
         s.error_rate = s.error_rate * 0.9 + if failed { 0.1 } else { 0.0 };
         if failed {
             s.failed += 1;

@@ -437,7 +437,9 @@ fn version(ctx: &Ctx, shared: &SessionShared, req: &Request, done: &mut bool) ->
 async fn handle(ctx: &Arc<Ctx>, shared: &Arc<SessionShared>, req: Request) -> (Response, Confirms) {
     let id = req.id.clone().unwrap_or(Id::Null);
     let timeout = crate::config::secs(ctx.cfg.limits.request_timeout_secs);
-    let fut = dispatch(ctx, shared, req);
+    let fut = ctx
+        .metrics
+        .track_request(methods::lookup(&req.method), dispatch(ctx, shared, req));
     match tokio::time::timeout(timeout, fut).await {
         Ok((Ok(raw), confirms)) => (Response::ok(id, raw), confirms),
         Ok((Err(e), confirms)) => (Response::err(id, e), confirms),

@@ -1,0 +1,317 @@
+//! The HTTP side: metrics, health, status page and admin API on one listener.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
+//! | `GET /health` | 200 when at least one connected upstream is at the best tip, else 503; JSON with the reason |
+//! | `GET /status` | JSON: upstreams, tips, latencies, sessions, subscriptions, recent events |
+//! | `GET /` | the status page (self-contained HTML that refreshes itself from `/status`) |
+//! | `POST /admin` (also `POST /`) | the admin JSON-RPC 2.0 API ([`admin`]) |
+//!
+//! One small hand-written router in front of jsonrpsee's tower service: the read-only routes
+//! are four `match` arms, and jsonrpsee already brings hyper, so no web framework is needed.
+//!
+//! The admin API can change what the gateway does, so the listener is loopback-only unless
+//! `[listen] admin_token` is set; with a token every admin call needs
+//! `Authorization: Bearer <token>`. Without a token, admin calls must name a loopback host in
+//! their `Host` header, so a web page cannot reach the API through DNS rebinding.
+
+pub mod admin;
+pub mod status;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use jsonrpsee::server::{HttpBody, ServerConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::layer::util::Identity;
+
+use crate::gateway::Ctx;
+
+/// The status page: one file, inline CSS and JavaScript, no external assets.
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
+/// HTTP connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: u32 = 1 << 20;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type RpcService = jsonrpsee::server::TowerService<Identity, Identity>;
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<HttpBody>, BoxError>> + Send>>;
+
+/// Binds the HTTP listener and serves it until the gateway shuts down; returns the bound
+/// address (the port may be 0 in `addr`). Refuses a non-loopback address unless
+/// `[listen] admin_token` is set.
+pub async fn serve_http(ctx: Arc<Ctx>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let token = ctx.cfg.listen.admin_token.clone();
+    if !addr.ip().is_loopback() && token.is_empty() {
+        anyhow::bail!(
+            "refusing to serve HTTP on {addr}: the admin API would be reachable from the network; \
+             set [listen] admin_token or listen on a loopback address"
+        );
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    ctx.metrics.attach(&ctx);
+    let (stop, server_handle) = jsonrpsee::server::stop_channel();
+    let config = ServerConfig::builder()
+        .http_only()
+        .max_request_body_size(MAX_ADMIN_BODY)
+        .build();
+    let rpc = jsonrpsee::server::Server::builder()
+        .set_config(config)
+        .to_service_builder()
+        .build(admin::module(ctx.clone())?, stop.clone());
+    let service = HttpService {
+        ctx: ctx.clone(),
+        rpc,
+        token: (!token.is_empty()).then(|| Arc::from(token.as_str())),
+    };
+    tracing::info!(addr = %bound, "HTTP listening: /metrics /health /status / and POST /admin");
+    tokio::spawn(async move {
+        // Dropping the handle tells every connection to finish gracefully.
+        let _server_handle = server_handle;
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = ctx.shutdown.cancelled() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::debug!("HTTP connection limit reached; closing a connection");
+                continue;
+            };
+            let service = service.clone();
+            let stopped = stop.clone().shutdown();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let served =
+                    jsonrpsee::server::serve_with_graceful_shutdown(stream, service, stopped).await;
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// Routes one HTTP request.
+#[derive(Clone)]
+struct HttpService {
+    ctx: Arc<Ctx>,
+    rpc: RpcService,
+    token: Option<Arc<str>>,
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<HttpBody> {
+    let mut r = Response::new(HttpBody::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<HttpBody> {
+    respond(status, "application/json", v.to_string())
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<HttpBody> {
+    json(status, &serde_json::json!({ "error": msg }))
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// True when a `Host` header names this machine: a loopback IP or `localhost`, any port.
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl HttpService {
+    /// `None` when the admin call may go ahead, else the refusal.
+    fn refuse_admin<B>(&self, req: &Request<B>) -> Option<Response<HttpBody>> {
+        match &self.token {
+            Some(token) => {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                match given {
+                    Some(g) if same_secret(g.as_bytes(), token.as_bytes()) => None,
+                    _ => {
+                        let mut r = error(
+                            StatusCode::UNAUTHORIZED,
+                            "the admin API needs Authorization: Bearer <admin_token>",
+                        );
+                        r.headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                        Some(r)
+                    }
+                }
+            }
+            None => {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                    .unwrap_or("");
+                (!loopback_host(host)).then(|| {
+                    error(
+                        StatusCode::FORBIDDEN,
+                        "without an admin_token the admin API answers only requests for a loopback host",
+                    )
+                })
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> Response<HttpBody> {
+        let ctx = &self.ctx;
+        match path {
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                ctx.metrics.render(ctx),
+            ),
+            "/health" => {
+                let (ok, body) = status::health(ctx);
+                let code = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(code, &body)
+            }
+            "/status" => json(StatusCode::OK, &status::status(ctx)),
+            "/" | "/index.html" => {
+                let mut r = respond(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    STATUS_PAGE.to_string(),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                    ),
+                );
+                r
+            }
+            "/admin" => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the admin API takes JSON-RPC 2.0 requests by POST",
+            ),
+            _ => error(StatusCode::NOT_FOUND, "no such page"),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for HttpService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<HttpBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ready = |r: Response<HttpBody>| -> ResponseFuture { Box::pin(async move { Ok(r) }) };
+        let path = req.uri().path();
+        match *req.method() {
+            Method::POST if path == "/admin" || path == "/" => {
+                if let Some(refusal) = self.refuse_admin(&req) {
+                    return ready(refusal);
+                }
+                let mut rpc = self.rpc.clone();
+                Box::pin(async move { rpc.call(req).await })
+            }
+            Method::GET | Method::HEAD => ready(self.get(path)),
+            _ => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                let allow = if path == "/admin" || path == "/" {
+                    "GET, HEAD, POST"
+                } else {
+                    "GET, HEAD"
+                };
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                ready(r)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "127.0.0.1:9190",
+            "127.0.0.1",
+            "localhost:9190",
+            "LOCALHOST",
+            "[::1]:9190",
+            "[::1]",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example:9190",
+            "10.0.0.1:9190",
+            "",
+            "[::2]:1",
+            "localhost.evil",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+}
