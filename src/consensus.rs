@@ -87,6 +87,7 @@ pub struct Consensus {
     failures: Mutex<BTreeMap<&'static str, u64>>,
     demotions: Mutex<BTreeMap<&'static str, u64>>,
     reorgs: std::sync::atomic::AtomicU64,
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 fn tip_of(chain: &HeaderChain) -> Tip {
@@ -128,6 +129,7 @@ impl Consensus {
             failures: Mutex::new(BTreeMap::new()),
             demotions: Mutex::new(BTreeMap::new()),
             reorgs: Default::default(),
+            metrics: std::sync::OnceLock::new(),
         }))
     }
 
@@ -166,6 +168,11 @@ impl Consensus {
         f(&chain)
     }
 
+    /// Reports verification failures, demotions and sync progress to `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
     /// Verification failures so far, by reason.
     pub fn failures(&self) -> BTreeMap<&'static str, u64> {
         self.failures.lock().map(|m| m.clone()).unwrap_or_default()
@@ -198,7 +205,11 @@ impl Consensus {
             .saturating_mul(factor)
             .min(Duration::from_secs(3600));
         standing.sit_out_until = Some(Instant::now() + period);
-        tracing::warn!(upstream = %name, reason, sit_out_secs = period.as_secs_f64(), "verification failed; upstream sits out");
+        match self.metrics.get() {
+            Some(m) => m.verification_failed_at(Some(name), reason),
+            None => tracing::warn!(upstream = %name, reason, "verification failed"),
+        }
+        tracing::info!(upstream = %name, sit_out_secs = period.as_secs_f64(), "upstream sits out");
     }
 
     /// Sets or clears a demotion, logging and counting changes.
@@ -209,7 +220,10 @@ impl Consensus {
         match reason {
             Some(r) => {
                 Self::count(&self.demotions, r);
-                tracing::warn!(upstream = %name, reason = r, "upstream demoted");
+                match self.metrics.get() {
+                    Some(m) => m.demoted_upstream(Some(name), r),
+                    None => tracing::warn!(upstream = %name, reason = r, "upstream demoted"),
+                }
             }
             None => tracing::info!(upstream = %name, "upstream back in step"),
         }

@@ -133,6 +133,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             sessions: AtomicI64::new(0),
         });
+        pool.consensus().set_metrics(ctx.metrics.clone());
         pool.start();
         let mut gw = Gateway {
             ctx: ctx.clone(),

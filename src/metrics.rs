@@ -54,6 +54,8 @@ pub const VERIFICATION_REASONS: &[&str] = &[
     "bad_status",
     "history_mismatch",
     "bad_broadcast",
+    // Answers outvoted by other upstreams.
+    "vote_minority",
     // Header chain rejections.
     "bad_genesis",
     "bad_link",
@@ -67,7 +69,7 @@ pub const VERIFICATION_REASONS: &[&str] = &[
 ];
 
 /// Demotion reasons exported at zero from the start.
-pub const DEMOTION_REASONS: &[&str] = &["verification", "lagging", "errors"];
+pub const DEMOTION_REASONS: &[&str] = &["lag", "fork", "bad_header"];
 
 const STATES: [(UpState, &str); 3] = [
     (UpState::Up, "up"),
@@ -571,6 +573,8 @@ impl Metrics {
                     Some(Ok(PoolEvent::Tip(_))) => {
                         metrics.tip_updated.set(now_ms() as f64 / 1000.0);
                     }
+                    // Demotions and sit-outs are reported by the consensus layer itself.
+                    Some(Ok(PoolEvent::Standing(_))) => {}
                     Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
                     Some(Err(_)) | None => {}
                 }
@@ -615,6 +619,8 @@ impl Metrics {
 
     fn refresh_locked(&self, ctx: &Ctx, exported: &mut HashSet<String>) {
         let pool = &ctx.pool;
+        let (height, target) = pool.consensus().progress();
+        self.header_sync(height, target);
         let best = pool.best_tip();
         let ups = pool.upstreams();
         self.tip_height

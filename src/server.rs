@@ -747,8 +747,12 @@ async fn cached_route(
     params: Vec<Value>,
 ) -> Result<Box<RawValue>, RpcError> {
     let consensus = ctx.pool.consensus();
-    if let Some(hit) = ctx.cache.get(consensus, method, &params) {
-        return Ok(hit);
+    if crate::cache::AnswerCache::is_cacheable(method, &params) {
+        if let Some(hit) = ctx.cache.get(consensus, method, &params) {
+            ctx.metrics.cache_hit(method);
+            return Ok(hit);
+        }
+        ctx.metrics.cache_miss(method);
     }
     let v = ctx.router.route(policy, method, params.clone()).await?;
     ctx.cache.put(consensus, method, &params, &v);
