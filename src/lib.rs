@@ -14,4 +14,5 @@ pub mod router;
 pub mod server;
 pub mod servers;
 pub mod sim;
+pub mod tools;
 pub mod transport;
