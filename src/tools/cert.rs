@@ -154,8 +154,19 @@ fn describe(e: &rustls::Error, host: &str) -> String {
     }
 }
 
-/// Reads one DER element: (tag, the whole element, its content, the rest of the input).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element, as [`der_element`] reads it.
+struct Der<'a> {
+    tag: u8,
+    /// The element with its tag and length.
+    whole: &'a [u8],
+    /// Its content.
+    content: &'a [u8],
+    /// The input after it.
+    rest: &'a [u8],
+}
+
+/// Reads one DER element from the start of `input`.
+fn der_element(input: &[u8]) -> Option<Der<'_>> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
@@ -174,37 +185,31 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
         return None;
     }
     let header = input.len() - rest.len();
-    Some((tag, &input[..header + len], &rest[..len], &rest[len..]))
+    Some(Der {
+        tag,
+        whole: &input[..header + len],
+        content: &rest[..len],
+        rest: &rest[len..],
+    })
 }
 
 /// The issuer and subject names of a DER certificate, as raw DER, if it parses that far.
 fn issuer_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
     const SEQUENCE: u8 = 0x30;
-    let (tag, _, cert, _) = der_element(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, _, tbs, _) = der_element(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let mut rest = tbs;
+    let sequence = |input| der_element(input).filter(|e| e.tag == SEQUENCE);
+    let cert = sequence(cert)?;
+    let tbs = sequence(cert.content)?;
+    let mut rest = tbs.content;
     // [0] EXPLICIT version, absent in v1 certificates.
     if rest.first() == Some(&0xa0) {
-        rest = der_element(rest)?.3;
+        rest = der_element(rest)?.rest;
     }
-    let (_serial, _, _, r) = der_element(rest)?;
-    let (_signature_algorithm, _, _, r) = der_element(r)?;
-    let (tag, issuer, _, r) = der_element(r)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (_validity, _, _, r) = der_element(r)?;
-    let (tag, subject, _, _) = der_element(r)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    Some((issuer, subject))
+    let serial = der_element(rest)?;
+    let signature_algorithm = der_element(serial.rest)?;
+    let issuer = sequence(signature_algorithm.rest)?;
+    let validity = der_element(issuer.rest)?;
+    let subject = sequence(validity.rest)?;
+    Some((issuer.whole, subject.whole))
 }
 
 /// Accepts any certificate (we only want to look at it) but checks handshake signatures, so
@@ -409,6 +414,25 @@ mod tests {
             (r.kind, r.detail.as_deref()),
             (CertKind::Broken, Some("expired"))
         );
+    }
+
+    #[test]
+    fn names_are_read_from_v3_certificates() {
+        let ca = ca();
+        let leaf = leaf_signed_by(&["electrum.example.org"], &ca, false);
+        let (ca_issuer, ca_subject) = issuer_and_subject(ca.0.der()).unwrap();
+        assert_eq!(ca_issuer, ca_subject);
+        let (issuer, subject) = issuer_and_subject(leaf.as_ref()).unwrap();
+        assert_eq!(issuer, ca_subject);
+        assert_ne!(subject, ca_subject);
+        // Each name is a whole DER SEQUENCE.
+        assert_eq!(issuer[0], 0x30);
+        assert_eq!(der_element(issuer).unwrap().whole, issuer);
+        // Cut short anywhere, a certificate does not parse (and does not panic).
+        let der = leaf.as_ref();
+        for len in [0, 1, 4, 10, der.len() / 2] {
+            assert!(issuer_and_subject(&der[..len]).is_none(), "{len}");
+        }
     }
 
     #[test]

@@ -115,8 +115,10 @@ async fn ask(client: &Client) -> Result<Facts, String> {
         .and_then(Value::as_str)
         .and_then(header_hash)
         .or_else(|| feature("genesis_hash").map(|g| g.to_ascii_lowercase()));
-    let protocol_min = feature("protocol_min");
-    let protocol_max = feature("protocol_max");
+    // Junk versions are dropped rather than written to server lists.
+    let version = |key: &str| feature(key).filter(|v| parse_version(v).is_some());
+    let protocol_min = version("protocol_min");
+    let protocol_max = version("protocol_max");
     let pruning = features
         .as_ref()
         .and_then(|f| f.get("pruning"))

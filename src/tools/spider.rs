@@ -11,8 +11,8 @@
 //! another chain are not followed: they are that chain's servers.
 //!
 //! It never hangs: at most `concurrency` visits at a time, each bounded by `timeout`, and at
-//! most `max_servers` hosts, so a crawl ends after roughly `max_servers / concurrency *
-//! timeout` at worst.
+//! most `max_servers` hosts (two endpoints each), so a crawl ends after roughly
+//! `2 * max_servers / concurrency * timeout` at worst.
 //!
 //! Servers are keyed by host name, as in server lists: TCP and TLS ports of one host are
 //! endpoints of one server. Only usable servers (reachable, on the network, passing the
@@ -139,30 +139,41 @@ fn port_entry(url: &ServerUrl) -> Option<String> {
 }
 
 impl HostReport {
-    /// The reachable endpoints serving the expected chain, TLS first.
+    /// The reachable endpoints serving the expected chain, TLS first; only those of the
+    /// `protocol` letter when given.
     fn good_endpoints<'a>(
         &'a self,
         genesis: Option<&'a str>,
+        protocol: Option<char>,
     ) -> impl Iterator<Item = (&'a EndpointReport, &'a Facts)> + 'a {
         self.endpoints.iter().filter_map(move |e| {
             let f = e.facts()?;
-            (genesis.is_some() && f.genesis_hash.as_deref() == genesis).then_some((e, f))
+            let on_chain = genesis.is_some() && f.genesis_hash.as_deref() == genesis;
+            let letter_ok = protocol.map_or(true, |p| {
+                crate::servers::scheme_letter(e.url.scheme) == Some(p)
+            });
+            (on_chain && letter_ok).then_some((e, f))
         })
     }
 
-    /// The server-list entry for a usable server (`None` otherwise).
+    /// The server-list entry for a usable server (`None` otherwise), given the genesis hash
+    /// of the network and the `--protocol` letter if any.
     ///
-    /// `ports` holds its reachable ports, `version` its highest protocol version, and
+    /// `ports` holds its reachable ports (of that letter), `version` its highest protocol version, and
     /// `pruning_limit` its pruning. Extra keys: `seen_at` (Unix time, as Connectrum writes
     /// it), `software` (the implementation), `server_version` (its own software string),
     /// `protocol_min`, `genesis_hash`, `tip` (height), `tip_hash`, `latency_ms` (one ping),
     /// and for TLS servers `cert` (`ca`, `self-signed` or `broken`), `cert_sha256` and
     /// `cert_detail` (why it is not CA-signed).
-    pub fn to_server_info(&self, genesis: Option<&str>) -> Option<ServerInfo> {
+    pub fn to_server_info(
+        &self,
+        genesis: Option<&str>,
+        protocol: Option<char>,
+    ) -> Option<ServerInfo> {
         if self.verdict != Verdict::Usable {
             return None;
         }
-        let good: Vec<_> = self.good_endpoints(genesis).collect();
+        let good: Vec<_> = self.good_endpoints(genesis, protocol).collect();
         let (_, best) = *good.first()?;
         let mut ports: Vec<String> = Vec::new();
         for (e, _) in &good {
@@ -219,6 +230,8 @@ impl HostReport {
 pub struct SpiderReport {
     /// The genesis hash servers were required to serve (`None`: no seed answered).
     pub genesis_hash: Option<String>,
+    /// The `protocol` filter of the crawl: only ports of this letter are written.
+    pub protocol: Option<char>,
     /// Every server visited, by host name.
     pub servers: Vec<HostReport>,
     /// Peers not visited because `max_servers` was reached.
@@ -235,7 +248,7 @@ impl SpiderReport {
     pub fn server_list(&self) -> ServerList {
         self.servers
             .iter()
-            .filter_map(|h| h.to_server_info(self.genesis_hash.as_deref()))
+            .filter_map(|h| h.to_server_info(self.genesis_hash.as_deref(), self.protocol))
             .collect()
     }
 
@@ -248,7 +261,7 @@ impl SpiderReport {
         .map(String::from)];
         for h in &self.servers {
             let shown = h
-                .good_endpoints(genesis)
+                .good_endpoints(genesis, None)
                 .next()
                 .map(|(_, f)| f)
                 .or_else(|| h.endpoints.iter().find_map(EndpointReport::facts));
@@ -578,7 +591,7 @@ impl<'a> Crawl<'a> {
                 .unwrap_or_else(|| "not visited".into());
             return Verdict::Unreachable(why);
         };
-        let good: Vec<_> = host.good_endpoints(self.genesis.as_deref()).collect();
+        let good: Vec<_> = host.good_endpoints(self.genesis.as_deref(), None).collect();
         if good.is_empty() {
             return Verdict::OtherNetwork(first.genesis_hash.clone());
         }
@@ -620,6 +633,7 @@ impl<'a> Crawl<'a> {
         }
         SpiderReport {
             genesis_hash: self.genesis,
+            protocol: self.opts.protocol,
             servers,
             skipped: self.skipped,
         }
@@ -853,4 +867,161 @@ pub async fn run(args: SpiderArgs) -> anyhow::Result<i32> {
         println!("wrote {usable} servers to {}", out.display());
     }
     Ok(EXIT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(software: Software, genesis: &str) -> Facts {
+        Facts {
+            server_version: format!("{software} 1.0"),
+            protocol: "1.4".into(),
+            protocol_min: Some("1.4".into()),
+            protocol_max: Some("1.6".into()),
+            software,
+            genesis_hash: Some(genesis.into()),
+            pruning: None,
+            tip_height: Some(800_000),
+            tip_hash: Some("ab".repeat(32)),
+            latency: Duration::from_millis(42),
+            banner: None,
+            peers: Some(vec![]),
+            seen_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    fn endpoint(url: &str, outcome: Result<Facts, String>) -> EndpointReport {
+        EndpointReport {
+            url: url.parse().unwrap(),
+            outcome,
+            cert: None,
+        }
+    }
+
+    fn report() -> SpiderReport {
+        let g = genesis_hash(Network::Bitcoin);
+        let mut tls = endpoint("ssl://a.example:50002", Ok(facts(Software::Fulcrum, &g)));
+        tls.cert = Some(CertReport {
+            kind: super::super::cert::CertKind::SelfSigned,
+            sha256: "cd".repeat(32),
+            detail: Some("unknown issuer".into()),
+        });
+        SpiderReport {
+            genesis_hash: Some(g.clone()),
+            protocol: None,
+            skipped: 0,
+            servers: vec![
+                HostReport {
+                    hostname: "a.example".into(),
+                    ip_addr: Some("192.0.2.1".into()),
+                    endpoints: vec![
+                        tls,
+                        endpoint("tcp://a.example:50001", Ok(facts(Software::Fulcrum, &g))),
+                    ],
+                    verdict: Verdict::Usable,
+                },
+                HostReport {
+                    hostname: "b.example".into(),
+                    ip_addr: None,
+                    endpoints: vec![endpoint("tcp://b.example:50001", Err("refused".into()))],
+                    verdict: Verdict::Unreachable("refused".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn usable_servers_become_list_entries_with_their_facts() {
+        let list = report().server_list();
+        assert_eq!(list.len(), 1);
+        let e = list.get("a.example").unwrap();
+        assert_eq!(e.ports, ["s50002", "t50001"]);
+        assert_eq!(e.ip_addr.as_deref(), Some("192.0.2.1"));
+        assert_eq!(e.version.as_deref(), Some("1.6"));
+        assert_eq!(e.extra["software"], json!("Fulcrum"));
+        assert_eq!(e.extra["server_version"], json!("Fulcrum 1.0"));
+        assert_eq!(e.extra["tip"], json!(800_000));
+        assert_eq!(e.extra["latency_ms"], json!(42));
+        assert_eq!(e.extra["seen_at"], json!(1_700_000_000.0));
+        assert_eq!(e.extra["cert"], json!("self-signed"));
+        assert_eq!(e.extra["cert_sha256"], json!("cd".repeat(32)));
+        assert_eq!(
+            e.extra["genesis_hash"],
+            json!(genesis_hash(Network::Bitcoin))
+        );
+        // The written list reads back with every key.
+        let again = ServerList::from_json(&list.to_json()).unwrap();
+        assert_eq!(again, list);
+
+        // With a transport filter only that port is written.
+        let mut only_tcp = report();
+        only_tcp.protocol = Some('t');
+        let e = only_tcp.server_list();
+        let e = e.get("a.example").unwrap();
+        assert_eq!(e.ports, ["t50001"]);
+        assert!(e.extra.get("cert").is_none());
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_server() {
+        let table = report().table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("HOST "));
+        let a: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            a,
+            [
+                "a.example",
+                "s50002",
+                "t50001",
+                "ok",
+                "Fulcrum",
+                "Fulcrum",
+                "1.0",
+                "1.4-1.6",
+                "800000",
+                "42",
+                "self-signed"
+            ]
+        );
+        assert!(lines[2].starts_with("b.example"));
+        assert!(lines[2].contains("t50001!"));
+        assert!(lines[2].ends_with("  refused"), "{table}");
+        // Columns line up: every row puts STATUS at the same offset.
+        let col = lines[0].find("STATUS").unwrap();
+        assert_eq!(&lines[1][col..col + 2], "ok");
+        assert_eq!(&lines[2][col..col + 11], "unreachable");
+    }
+
+    #[test]
+    fn seeds_are_urls_or_server_list_files() {
+        let urls = parse_seeds(&["tcp://h:1".into(), "h:2:s".into()]).unwrap();
+        assert_eq!(
+            urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["tcp://h:1", "ssl://h:2"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("servers.json");
+        let mut list = ServerList::new();
+        list.insert(ServerInfo::new("x.example", ["s50002", "t"]));
+        list.save(&file).unwrap();
+        let from_file = parse_seeds(&[file.to_string_lossy().into_owned()]).unwrap();
+        assert_eq!(
+            from_file
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["ssl://x.example:50002", "tcp://x.example:50001"]
+        );
+        for bad in [
+            "ws://h:1",
+            "ftp://h:1",
+            "/nonexistent/servers.json",
+            "nonsense",
+        ] {
+            assert!(parse_seeds(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
 }
