@@ -81,7 +81,7 @@ pub fn classify_with_roots(
     host: &str,
     roots: Arc<RootCertStore>,
 ) -> CertReport {
-    let Some(leaf) = chain.first() else {
+    let Some((leaf, intermediates)) = chain.split_first() else {
         return CertReport {
             kind: CertKind::Broken,
             sha256: String::new(),
@@ -89,7 +89,7 @@ pub fn classify_with_roots(
         };
     };
     let sha256 = fingerprint(leaf.as_ref());
-    let why_not_ca = match ca_check(chain, host, roots) {
+    let why_not_ca = match ca_check(leaf, intermediates, host, roots) {
         Ok(()) => {
             return CertReport {
                 kind: CertKind::CaSigned,
@@ -119,7 +119,8 @@ pub fn classify_with_roots(
 
 /// Verifies the chain against `roots` for `host`, as a CA-checking client would.
 fn ca_check(
-    chain: &[CertificateDer<'_>],
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
     host: &str,
     roots: Arc<RootCertStore>,
 ) -> Result<(), String> {
@@ -129,7 +130,7 @@ fn ca_check(
         .build()
         .map_err(|e| format!("no usable root certificates: {e}"))?;
     verifier
-        .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+        .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
         .map(|_| ())
         .map_err(|e| describe(&e, host))
 }
