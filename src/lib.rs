@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod chain;
 pub mod client;
 pub mod config;
 pub mod gateway;

@@ -28,6 +28,10 @@ enum Command {
     Subscribe(electrum_gateway::tools::subscribe::SubscribeArgs),
     /// Discover servers through their peers and write a servers.json.
     Spider(electrum_gateway::tools::spider::SpiderArgs),
+    /// Run a simulated regtest network of three servers with the gateway in front, offline.
+    Demo(DemoArgs),
+    /// Run the simulated Electrum server.
+    Sim(electrum_gateway::sim::SimArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -56,6 +60,25 @@ struct ServeArgs {
     /// Data directory [default: ~/.electrum-gateway].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DemoArgs {
+    /// Wallet TCP listener of the gateway.
+    #[arg(long, default_value = "127.0.0.1:50001", value_name = "ADDR")]
+    listen_tcp: String,
+    /// Wallet TLS listener of the gateway ("" disables it).
+    #[arg(long, default_value = "127.0.0.1:50002", value_name = "ADDR")]
+    listen_tls: String,
+    /// HTTP listener of the gateway.
+    #[arg(long, default_value = "127.0.0.1:9190", value_name = "ADDR")]
+    http: String,
+    /// Data directory [default: a fresh temporary directory].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seed of the simulated chain.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 impl ServeArgs {
@@ -124,6 +147,69 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    use electrum_gateway::sim::{EndpointSpec, Sim, SimConfig};
+    let endpoints = (0..3)
+        .map(|_| "127.0.0.1:0".parse::<EndpointSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let sim = Sim::start(SimConfig {
+        seed: args.seed,
+        endpoints,
+        ..SimConfig::default()
+    })
+    .await?;
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("electrum-gateway-demo-{}", std::process::id())),
+    };
+    let mut cfg = Config {
+        network: "regtest".into(),
+        data_dir,
+        ..Config::default()
+    };
+    cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
+    cfg.upstreams.use_server_list = false;
+    cfg.upstreams.reconnect_initial_secs = 0.5;
+    cfg.upstreams.reconnect_max_secs = 5.0;
+    cfg.listen.tcp = args.listen_tcp;
+    cfg.listen.tls = args.listen_tls;
+    cfg.listen.http = args.http;
+    let gw = Gateway::start(cfg).await?;
+    println!(
+        "Simulated regtest servers (tip at height {}):",
+        sim.tip_height()
+    );
+    for u in sim.urls() {
+        println!("  {u}");
+    }
+    if let Some(a) = gw.tcp_addr() {
+        println!("Gateway for wallets:  tcp://{a}");
+        println!();
+        println!("Point a wallet at it, for example:");
+        println!(
+            "  electrum --regtest --oneserver --server {}:{}:t",
+            a.ip(),
+            a.port()
+        );
+        println!("  electrum-gateway call --server tcp://{a} blockchain.headers.subscribe");
+    }
+    if let Some(a) = gw.tls_addr() {
+        println!("Gateway over TLS:     ssl://{a} (self-signed certificate)");
+    }
+    println!("Mine a block on the simulated network:");
+    if let Some(u) = sim.urls().first() {
+        println!(
+            "  echo '{{\"id\":1,\"method\":\"sim.mine\",\"params\":[1]}}' | nc {} {}",
+            u.host, u.port
+        );
+    }
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await;
+    gw.shutdown();
+    sim.shutdown().await;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
@@ -143,6 +229,8 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Spider(args)) => {
                 std::process::exit(electrum_gateway::tools::spider::run(args).await?)
             }
+            Some(Command::Demo(args)) => demo(args).await,
+            Some(Command::Sim(args)) => electrum_gateway::sim::run(args).await,
         }
     })
 }

@@ -392,7 +392,8 @@ fn median_f64(mut xs: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 {
         xs[n / 2]
     } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+        // Fee rates are BTC amounts: keep the mean of the middle pair to whole satoshis.
+        ((xs[n / 2 - 1] + xs[n / 2]) / 2.0 * 1e8).round() / 1e8
     })
 }
 

@@ -27,9 +27,11 @@ impl Net {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.network = "regtest".into();
-        cfg.data_dir = dir.path().to_path_buf();
+        let mut cfg = Config {
+            network: "regtest".into(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
         cfg.upstreams.use_server_list = false;
         cfg.upstreams.reconnect_initial_secs = 0.05;
@@ -243,20 +245,26 @@ async fn batches_are_answered_whole() {
 async fn hundreds_of_wallets_share_upstream_subscriptions() {
     let net = Net::start(&THREE).await;
     let n_wallets = 200;
-    let mut wallets = Vec::new();
-    for i in 0..n_wallets {
-        let mut w = net.wallet().await;
-        // Every wallet watches three of the eight addresses.
-        for k in 0..3 {
-            let a = &ADDRESSES[(i + k) % ADDRESSES.len()];
-            let s = w
-                .call("blockchain.scripthash.subscribe", json!([a.scripthash]))
-                .await;
-            assert_eq!(s, json!(net.sim.status(a.scripthash).unwrap()));
+    let addr = net.addr();
+    let sim = net.sim.clone();
+    let mut wallets: Vec<(usize, Wallet)> = futures::future::join_all((0..n_wallets).map(|i| {
+        let sim = sim.clone();
+        async move {
+            let mut w = Wallet::connect(addr).await;
+            w.call("server.version", json!(["w", ["1.4", "1.6"]])).await;
+            // Every wallet watches three of the eight addresses.
+            for k in 0..3 {
+                let a = &ADDRESSES[(i + k) % ADDRESSES.len()];
+                let s = w
+                    .call("blockchain.scripthash.subscribe", json!([a.scripthash]))
+                    .await;
+                assert_eq!(s, json!(sim.status(a.scripthash).unwrap()));
+            }
+            w.call("blockchain.headers.subscribe", json!([])).await;
+            (i, w)
         }
-        w.call("blockchain.headers.subscribe", json!([])).await;
-        wallets.push((i, w));
-    }
+    }))
+    .await;
     // One upstream subscription per distinct scripthash, whatever the number of wallets.
     assert_eq!(net.gw.ctx().hub.scripthashes(), ADDRESSES.len());
     assert_eq!(net.gw.ctx().hub.upstream_subscriptions(), ADDRESSES.len());
@@ -265,14 +273,24 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
     })
     .await;
 
-    // A payment notifies exactly the wallets watching that address, once.
-    let target = &ADDRESSES[0];
-    net.sim.pay(target.address, 12_345).unwrap();
-    let new_status = json!(net.sim.status(target.scripthash).unwrap());
+    // A payment and a block notify exactly the wallets watching what changed. (A mined block
+    // pays its coinbase to one of the addresses too, so the changed set comes from the sim.)
+    let before: Vec<Value> = ADDRESSES
+        .iter()
+        .map(|a| json!(net.sim.status(a.scripthash).unwrap()))
+        .collect();
+    net.sim.pay(ADDRESSES[0].address, 12_345).unwrap();
     let tip = net.sim.mine(1);
-    let mined_status = json!(net.sim.status(target.scripthash).unwrap());
+    let after: Vec<Value> = ADDRESSES
+        .iter()
+        .map(|a| json!(net.sim.status(a.scripthash).unwrap()))
+        .collect();
+    let changed: HashSet<usize> = (0..ADDRESSES.len())
+        .filter(|k| before[*k] != after[*k])
+        .collect();
+    assert!(changed.contains(&0));
     for (i, w) in wallets.iter_mut() {
-        let watches = (0..3).any(|k| (*i + k) % ADDRESSES.len() == 0);
+        let watched: Vec<usize> = (0..3).map(|k| (*i + k) % ADDRESSES.len()).collect();
         // The header notification for the new block comes to everyone.
         let h = w
             .notification_until("blockchain.headers.subscribe", |_| true)
@@ -283,35 +301,41 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
             2,
             "exactly hex and height"
         );
-        let mut seen: Vec<Value> = w
-            .notifications
-            .drain(..)
-            .filter(|n| n["method"] == "blockchain.scripthash.subscribe")
-            .collect();
-        // Status notifications may arrive before or after the header; a ping round trip
-        // after the final status settles the order.
-        if watches {
-            while !seen.iter().any(|n| n["params"][1] == mined_status) {
-                let n = w
-                    .notification_until("blockchain.scripthash.subscribe", |_| true)
-                    .await;
-                seen.push(n);
-            }
-            for n in &seen {
-                assert_eq!(n["params"][0], json!(target.scripthash));
-                assert!(n["params"][1] == new_status || n["params"][1] == mined_status);
-            }
+        // Each watched address that changed ends at its final status.
+        for k in watched.iter().filter(|k| changed.contains(k)) {
+            let sh = json!(ADDRESSES[*k].scripthash);
+            let fin = after[*k].clone();
+            let n = w
+                .notification_until("blockchain.scripthash.subscribe", |n| {
+                    n["params"][0] == sh && n["params"][1] == fin
+                })
+                .await;
+            assert_eq!(n["params"].as_array().unwrap().len(), 2);
         }
+        // A ping round trip later, nothing else is queued: nothing for unwatched or unchanged
+        // addresses, and no repeat of the final statuses.
         w.call("server.ping", json!([])).await;
-        let extra: Vec<_> = w
-            .notifications
-            .drain(..)
-            .filter(|n| n["method"] == "blockchain.scripthash.subscribe")
-            .collect();
-        assert!(
-            !watches && seen.is_empty() && extra.is_empty() || watches && extra.is_empty(),
-            "wallet {i}: unexpected notifications {seen:?} {extra:?}"
-        );
+        for n in w.notifications.drain(..) {
+            if n["method"] != "blockchain.scripthash.subscribe" {
+                panic!("wallet {i}: unexpected {n}");
+            }
+            let k = ADDRESSES
+                .iter()
+                .position(|a| json!(a.scripthash) == n["params"][0])
+                .unwrap();
+            assert!(
+                watched.contains(&k),
+                "wallet {i}: notified for an unwatched address: {n}"
+            );
+            assert!(
+                changed.contains(&k),
+                "wallet {i}: notified without a change: {n}"
+            );
+            assert_ne!(
+                n["params"][1], after[k],
+                "wallet {i}: final status notified twice"
+            );
+        }
     }
     // When every wallet leaves, the upstream subscriptions go too.
     drop(wallets);
@@ -507,16 +531,16 @@ async fn broadcast_reaches_upstreams() {
 #[tokio::test]
 async fn the_electrum_client_crate_works_against_the_gateway() {
     let net = Net::start(&THREE).await;
-    let url = format!("tcp://{}", net.addr());
+    let addr = net.addr();
     let tip = net.sim.tip_height();
-    let sh_script = electrum_gateway::sim::parse_regtest_address(ADDRESSES[0].address)
+    let sh_script = electrum_gateway::sim::addresses::parse_regtest_address(ADDRESSES[0].address)
         .unwrap()
         .script_pubkey();
     let (confirmed, _) = net.sim.balance(ADDRESSES[0].scripthash).unwrap();
     let txid = net.sim.block_txids(3).unwrap()[0];
     tokio::task::spawn_blocking(move || {
         use electrum_client::ElectrumApi;
-        let c = electrum_client::Client::new(&url).unwrap();
+        let c = electrum_client::raw_client::RawClient::new(addr, Some(WAIT)).unwrap();
         let h = c.block_headers_subscribe().unwrap();
         assert_eq!(h.height as u32, tip);
         let bal = c.script_get_balance(&sh_script).unwrap();
@@ -532,4 +556,177 @@ async fn the_electrum_client_crate_works_against_the_gateway() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn tls_and_websocket_listeners_keep_their_certificate() {
+    use electrum_gateway::client::{Client, ClientConfig, TlsMode};
+    use electrum_gateway::transport::{Scheme, ServerUrl};
+    let net = Net::start_with(&THREE, |c| {
+        c.listen.tls = "127.0.0.1:0".into();
+        c.listen.ws = "127.0.0.1:0".into();
+    })
+    .await;
+    let pins = tempfile::tempdir().unwrap();
+    let pin_file = pins.path().join("pins.json");
+    let connect = |scheme: Scheme, port: u16| {
+        let mut c = ClientConfig::new(ServerUrl::new(scheme, "127.0.0.1", port));
+        c.tls = TlsMode::Pinned {
+            pin_file: pin_file.clone(),
+        };
+        c.network = bitcoin::Network::Regtest;
+        Client::connect(c)
+    };
+    let tls = connect(Scheme::Ssl, net.gw.tls_addr().unwrap().port())
+        .await
+        .unwrap();
+    let tip: Value = tls
+        .call("blockchain.headers.subscribe", vec![])
+        .await
+        .unwrap();
+    assert_eq!(tip["height"], net.sim.tip_height());
+    let ws = connect(Scheme::Ws, net.gw.ws_addr().unwrap().port())
+        .await
+        .unwrap();
+    let bal: Value = ws
+        .call(
+            "blockchain.address.get_balance",
+            vec![json!(ADDRESSES[2].address)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        bal["confirmed"],
+        net.sim.balance(ADDRESSES[2].scripthash).unwrap().0
+    );
+    // A restart on the same data directory serves the same certificate: the pin still holds.
+    let data_dir = net.gw.ctx().cfg.data_dir.clone();
+    let urls: Vec<String> = net.sim.urls().iter().map(|u| u.to_string()).collect();
+    net.gw.shutdown();
+    let cfg = Config {
+        network: "regtest".into(),
+        data_dir,
+        upstreams: electrum_gateway::config::UpstreamConfig {
+            servers: urls,
+            use_server_list: false,
+            ..Default::default()
+        },
+        listen: electrum_gateway::config::ListenConfig {
+            tcp: String::new(),
+            tls: "127.0.0.1:0".into(),
+            http: String::new(),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let again = Gateway::start(cfg).await.unwrap();
+    let tls2 = connect(Scheme::Ssl, again.tls_addr().unwrap().port())
+        .await
+        .unwrap();
+    let _: Value = tls2.call("server.features", vec![]).await.unwrap();
+    again.shutdown();
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_replaced_from_the_server_list_and_learned_state_is_saved() {
+    let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0", "127.0.0.1:0"]).unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let list = dir.path().join("servers.json");
+    std::fs::write(
+        &list,
+        json!([{"hostname": "127.0.0.1", "ports": [format!("t{}", sim.url(1).port)], "version": "1.4", "seen_at": 1.5}])
+            .to_string(),
+    )
+    .unwrap();
+    let mut cfg = Config {
+        network: "regtest".into(),
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.upstreams.servers = vec![format!("tcp://{dead}"), sim.url(0).to_string()];
+    cfg.upstreams.active = 2;
+    cfg.upstreams.server_list = list.to_string_lossy().into_owned();
+    cfg.upstreams.replace_after_failures = 2;
+    cfg.upstreams.reconnect_initial_secs = 0.02;
+    cfg.upstreams.reconnect_max_secs = 0.1;
+    cfg.listen.tcp = "127.0.0.1:0".into();
+    cfg.listen.tls = String::new();
+    cfg.listen.http = String::new();
+    let gw = Gateway::start(cfg).await.unwrap();
+    let pool = gw.ctx().pool.clone();
+    // Both slots end up connected, the dead one replaced by the candidate.
+    assert!(pool.wait_connected(2, WAIT).await);
+    let urls: HashSet<String> = pool
+        .upstreams()
+        .iter()
+        .map(|u| u.url().to_string())
+        .collect();
+    assert!(urls.contains(&sim.url(1).to_string()), "{urls:?}");
+    assert!(!urls.contains(&format!("tcp://{dead}")));
+    assert!(pool
+        .candidates()
+        .iter()
+        .any(|c| c.to_string() == format!("tcp://{dead}")));
+    pool.save();
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("upstreams.json")).unwrap()).unwrap();
+    for i in 0..2 {
+        assert!(
+            saved[sim.url(i).to_string()]["last_success"].is_u64(),
+            "learned state for {}: {saved}",
+            sim.url(i)
+        );
+    }
+    assert!(saved[format!("tcp://{dead}")].is_object());
+    gw.shutdown();
+}
+
+#[tokio::test]
+async fn session_limits_apply_without_losing_requests() {
+    let net = Net::start_with(&["127.0.0.1:0,latency=20", "127.0.0.1:0,latency=20"], |c| {
+        c.limits.max_pending_per_session = 2;
+        c.limits.max_subscriptions_per_session = 2;
+        c.limits.idle_timeout_secs = 1.0;
+    })
+    .await;
+    let mut w = net.wallet().await;
+    // Forty pipelined requests with two allowed in flight: all answered, none refused.
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let a = &ADDRESSES[i % ADDRESSES.len()];
+        ids.push(
+            w.send("blockchain.scripthash.get_balance", json!([a.scripthash]))
+                .await,
+        );
+    }
+    for id in ids {
+        let r = w.response(id).await;
+        assert!(r["result"]["confirmed"].is_number(), "{r}");
+    }
+    w.call(
+        "blockchain.scripthash.subscribe",
+        json!([ADDRESSES[0].scripthash]),
+    )
+    .await;
+    w.call(
+        "blockchain.scripthash.subscribe",
+        json!([ADDRESSES[1].scripthash]),
+    )
+    .await;
+    let e = w
+        .call_err(
+            "blockchain.scripthash.subscribe",
+            json!([ADDRESSES[2].scripthash]),
+        )
+        .await;
+    assert_eq!(e["code"], -101);
+    // A silent wallet is closed after the idle timeout.
+    assert!(w.read_message().await.is_none());
 }

@@ -1003,6 +1003,25 @@ async fn lying_and_corrupting_faults() {
     assert!(pow_ok(&h));
 }
 
+/// Connects and pings until a connection is answered (the endpoint may be down for a while).
+async fn answered_connection(url: &ServerUrl) -> Conn {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        if let Ok(s) = TcpStream::connect((url.host.as_str(), url.port)).await {
+            let mut c = Conn::new(frame_lines(s, 1_000_000));
+            let ping = r#"{"id":1,"method":"server.ping"}"#.to_string();
+            if c.framed.sink.send(ping).await.is_ok() {
+                if let Ok(Some(r)) = c.recv_within(WAIT).await {
+                    assert_eq!(r["id"], 1);
+                    return c;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn stop_start_and_flap() {
     let s = sim(&["127.0.0.1:0", "127.0.0.1:0,flap=1"]).await;
@@ -1023,25 +1042,9 @@ async fn stop_start_and_flap() {
 
     // flap: the endpoint goes down (connections dropped), then comes back.
     let f = s.url(1);
-    let mut fc = Conn::tcp(&f).await;
-    fc.result("server.ping", json!([])).await;
+    let mut fc = answered_connection(&f).await;
     assert!(fc.closed().await, "flap drops connections");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "flapping endpoint never came back"
-        );
-        if let Ok(s) = TcpStream::connect((f.host.as_str(), f.port)).await {
-            let mut back = Conn::new(frame_lines(s, 1_000_000));
-            back.send_raw(r#"{"id":1,"method":"server.ping"}"#).await;
-            if let Ok(Some(r)) = back.recv_within(WAIT).await {
-                assert_eq!(r["id"], 1);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    answered_connection(&f).await;
     // Turning flap off leaves it up.
     s.set_faults(1, Faults::default());
     let deadline = Instant::now() + WAIT;
@@ -1099,7 +1102,7 @@ async fn ssl_ws_and_wss_endpoints() {
 
     let u = s.url(2);
     assert_eq!(u.host, "localhost");
-    let tcp = TcpStream::connect(("127.0.0.1", u.port)).await.unwrap();
+    let tcp = TcpStream::connect(("localhost", u.port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(u.to_string(), tls)
@@ -1213,4 +1216,108 @@ async fn a_real_electrum_client_works() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn liars_notify_their_lies_and_subscriptions_are_counted() {
+    let s = sim(&["127.0.0.1:0,lie-history,bad-header"]).await;
+    let mut a = Conn::tcp(&s.url(0)).await;
+    let mut b = Conn::tcp(&s.url(0)).await;
+    let sh = ADDRESSES[6].scripthash;
+    a.result("blockchain.headers.subscribe", json!([])).await;
+    a.result("blockchain.scripthash.subscribe", json!([sh]))
+        .await;
+    a.result("blockchain.scripthash.subscribe", json!([sh]))
+        .await;
+    a.result(
+        "blockchain.scripthash.subscribe",
+        json!([ADDRESSES[7].scripthash]),
+    )
+    .await;
+    b.result("blockchain.scripthash.subscribe", json!([sh]))
+        .await;
+    assert_eq!(
+        s.subscriptions(0),
+        3,
+        "two on the first connection, one on the second"
+    );
+    let mut expected = vec![ADDRESSES[6].scripthash, ADDRESSES[7].scripthash];
+    expected.sort();
+    assert_eq!(s.subscribed_scripthashes(0), expected);
+
+    // Confirm a payment: the lying endpoint drops the newest confirmed entry (the new one),
+    // and its notification carries the status of that lied history.
+    s.pay(ADDRESSES[6].address, 40_000).unwrap();
+    let n = b.notification().await;
+    let lied = b
+        .result("blockchain.scripthash.get_history", json!([sh]))
+        .await;
+    assert_eq!(n["params"][1].as_str().map(String::from), status_of(&lied));
+    // The first connection got the same notification; take it before mining.
+    loop {
+        let n = a.notification().await;
+        if n["params"][0] == sh {
+            break;
+        }
+    }
+    s.mine(1);
+    let mut header_seen = false;
+    let mut status_seen = false;
+    while !(header_seen && status_seen) {
+        let n = a.notification().await;
+        match n["method"].as_str().unwrap() {
+            "blockchain.headers.subscribe" => {
+                let h = header(n["params"][0]["hex"].as_str().unwrap());
+                assert!(!pow_ok(&h), "bad-header corrupts notifications too");
+                header_seen = true;
+            }
+            _ if n["params"][0] == sh => {
+                let lied = a
+                    .result("blockchain.scripthash.get_history", json!([sh]))
+                    .await;
+                assert_eq!(n["params"][1].as_str().map(String::from), status_of(&lied));
+                assert_ne!(
+                    n["params"][1].as_str().map(String::from),
+                    s.status(sh).unwrap()
+                );
+                status_seen = true;
+            }
+            _ => {}
+        }
+    }
+    drop(a);
+    let deadline = Instant::now() + WAIT;
+    while s.connections(0) != 1 {
+        assert!(Instant::now() < deadline, "closed connection still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.subscriptions(0), 1);
+}
+
+#[tokio::test]
+async fn certificate_loaded_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = electrum_gateway::listen::TlsIdentity::generate_localhost().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    id.save(&cert, &key).unwrap();
+    let s = Sim::start(SimConfig {
+        cert: Some((cert, key)),
+        blocks: 10,
+        ..SimConfig::with_endpoints(&["ssl://127.0.0.1:0"]).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.cert_der().unwrap(), id.cert_der());
+    let u = s.url(0);
+    let tcp = TcpStream::connect((u.host.as_str(), u.port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tls_client(id.cert_der().to_vec())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut c = Conn::new(frame_lines(tls, 10_000_000));
+    assert_eq!(
+        c.result("blockchain.headers.subscribe", json!([])).await["height"],
+        10
+    );
 }

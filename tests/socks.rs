@@ -36,7 +36,10 @@ async fn microsocks() -> Option<Proxy> {
     {
         Ok(c) => c,
         Err(e) => {
-            assert!(std::env::var_os("CI").is_none(), "microsocks is required in CI: {e}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "microsocks is required in CI: {e}"
+            );
             eprintln!("skipping: microsocks not installed ({e})");
             return None;
         }
@@ -44,8 +47,14 @@ async fn microsocks() -> Option<Proxy> {
     let proxy = Proxy(child, port);
     // Ready when it accepts connections.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "microsocks did not start");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "microsocks did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Some(proxy)
@@ -53,17 +62,29 @@ async fn microsocks() -> Option<Proxy> {
 
 #[tokio::test]
 async fn client_through_microsocks_with_remote_dns() {
-    let Some(proxy) = microsocks().await else { return };
+    let Some(proxy) = microsocks().await else {
+        return;
+    };
     let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0"]).unwrap())
         .await
         .unwrap();
     // "localhost" is sent to the proxy as a name and resolved there.
     let url = ServerUrl::new(Scheme::Tcp, "localhost", sim.url(0).port);
     let mut cfg = ClientConfig::new(url);
-    cfg.proxy = Some(format!("socks5://127.0.0.1:{}", proxy.1).parse::<ProxyConfig>().unwrap());
+    cfg.proxy = Some(
+        format!("socks5://127.0.0.1:{}", proxy.1)
+            .parse::<ProxyConfig>()
+            .unwrap(),
+    );
     cfg.network = bitcoin::Network::Regtest;
-    let client = tokio::time::timeout(WAIT, Client::connect(cfg)).await.unwrap().unwrap();
-    let tip: Value = client.call("blockchain.headers.subscribe", vec![]).await.unwrap();
+    let client = tokio::time::timeout(WAIT, Client::connect(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let tip: Value = client
+        .call("blockchain.headers.subscribe", vec![])
+        .await
+        .unwrap();
     assert_eq!(tip["height"], sim.tip_height());
     let a = &ADDRESSES[1];
     let bal: Value = client
@@ -81,7 +102,10 @@ async fn client_through_microsocks_with_remote_dns() {
         json!(sim.status(a.scripthash).unwrap())
     );
     sim.pay(a.address, 1_000).unwrap();
-    let next = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap();
+    let next = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next, json!(sim.status(a.scripthash).unwrap()));
     client.close().await;
     sim.shutdown().await;
@@ -96,7 +120,10 @@ async fn a_dead_proxy_is_a_clear_error() {
         .port();
     let mut cfg = ClientConfig::new(ServerUrl::new(Scheme::Tcp, "example.onion", 50001));
     cfg.proxy = Some(format!("socks5://127.0.0.1:{port}").parse().unwrap());
-    let err = tokio::time::timeout(WAIT, Client::connect(cfg)).await.unwrap().unwrap_err();
+    let err = tokio::time::timeout(WAIT, Client::connect(cfg))
+        .await
+        .unwrap()
+        .unwrap_err();
     let msg = err.to_string().to_lowercase();
     assert!(msg.contains("proxy") || msg.contains("connect"), "{msg}");
 }

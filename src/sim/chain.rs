@@ -260,12 +260,13 @@ impl Chain {
         let tag = seed_tag(b"sim", seed);
         for height in 1..=blocks {
             let n_tx = rng.below(5);
+            let pool = spendable_pool(&base, height);
             let mut chosen: HashSet<OutPoint> = HashSet::new();
             let mut txs = Vec::new();
             let mut fees = 0u64;
             for _ in 0..n_tx {
                 let n_in = 1 + rng.below(2) as usize;
-                let inputs = pick_confirmed(&base, &mut rng, height, n_in, &chosen);
+                let inputs = pick(&pool, &mut rng, n_in, &chosen);
                 if inputs.is_empty() {
                     break;
                 }
@@ -284,13 +285,16 @@ impl Chain {
         let mut main = base.clone();
         // Mempool: three transactions from confirmed outputs, then two spending their outputs.
         let next = base.tip_height() + 1;
+        let pool = spendable_pool(&main, next);
+        let mut chosen: HashSet<OutPoint> = HashSet::new();
         for _ in 0..3 {
-            let inputs = pick_confirmed(&main, &mut rng, next, 1, &HashSet::new());
+            let inputs = pick(&pool, &mut rng, 1, &chosen);
             if inputs.is_empty() {
                 break;
             }
             let feerate = 1 + rng.below(25);
             if let Some(tx) = random_spend(&mut rng, &inputs, feerate) {
+                chosen.extend(inputs.iter().map(|(op, _)| *op));
                 let _ = main.add_mempool(Arc::new(tx));
             }
         }
@@ -445,7 +449,11 @@ impl Chain {
             ],
         };
         let fee = tx.vsize() as u64 * feerate;
-        tx.output[1].value = Amount::from_sat(value - sats - fee);
+        let change = value
+            .checked_sub(sats)
+            .and_then(|v| v.checked_sub(fee))
+            .ok_or_else(|| anyhow::anyhow!("the payment does not leave room for its fee"))?;
+        tx.output[1].value = Amount::from_sat(change);
         self.broadcast(tx).map_err(|e| anyhow::anyhow!(e))
     }
 
@@ -517,40 +525,39 @@ impl Chain {
     }
 }
 
-/// Picks up to `n` distinct confirmed wallet outputs worth spending, mature ones preferred.
-fn pick_confirmed(
-    view: &View,
+/// Confirmed wallet outputs worth spending at `next_height`: mature ones, or any when none
+/// is mature yet (short chains).
+fn spendable_pool(view: &View, next_height: u32) -> Vec<(OutPoint, u64)> {
+    let usable = |u: &super::view::Utxo| u.value >= 100_000 && wallet_shs().contains(&u.sh);
+    let mature: Vec<(OutPoint, u64)> = view
+        .confirmed_spendable()
+        .filter(|(_, u)| usable(u) && (!u.coinbase || u.height + COINBASE_MATURITY <= next_height))
+        .map(|(op, u)| (*op, u.value))
+        .collect();
+    if !mature.is_empty() {
+        return mature;
+    }
+    view.confirmed_spendable()
+        .filter(|(_, u)| usable(u))
+        .map(|(op, u)| (*op, u.value))
+        .collect()
+}
+
+/// Picks up to `n` distinct outputs from `pool` at random, skipping `exclude`.
+fn pick(
+    pool: &[(OutPoint, u64)],
     rng: &mut Rng,
-    next_height: u32,
     n: usize,
     exclude: &HashSet<OutPoint>,
 ) -> Vec<(OutPoint, u64)> {
-    let usable = |op: &OutPoint, u: &super::view::Utxo| {
-        !exclude.contains(op) && u.value >= 100_000 && wallet_shs().contains(&u.sh)
-    };
-    let mature: Vec<(OutPoint, u64)> = view
-        .confirmed_spendable()
-        .filter(|(op, u)| {
-            usable(op, u) && (!u.coinbase || u.height + COINBASE_MATURITY <= next_height)
-        })
-        .map(|(op, u)| (*op, u.value))
-        .collect();
-    let pool = if mature.is_empty() {
-        view.confirmed_spendable()
-            .filter(|(op, u)| usable(op, u))
-            .map(|(op, u)| (*op, u.value))
-            .collect()
-    } else {
-        mature
-    };
     let mut out: Vec<(OutPoint, u64)> = Vec::new();
+    if pool.is_empty() {
+        return out;
+    }
     for _ in 0..n {
-        if pool.is_empty() {
-            break;
-        }
-        let pick = pool[rng.below(pool.len() as u64) as usize];
-        if !out.iter().any(|(op, _)| *op == pick.0) {
-            out.push(pick);
+        let p = pool[rng.below(pool.len() as u64) as usize];
+        if !exclude.contains(&p.0) && !out.iter().any(|(op, _)| *op == p.0) {
+            out.push(p);
         }
     }
     out

@@ -503,3 +503,64 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     sim.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn command_line() {
+        let cli = Cli::try_parse_from(["sim"]).unwrap();
+        let config = SimConfig::from(cli.sim);
+        assert_eq!((config.seed, config.blocks), (1, 300));
+        assert_eq!(config.endpoints.len(), 1);
+        assert_eq!(config.endpoints[0].url.to_string(), "tcp://127.0.0.1:51001");
+
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--listen",
+            "127.0.0.1:0,latency=5",
+            "--listen",
+            "wss://localhost:0,fork=2",
+            "--peer",
+            "h:1:s",
+            "--seed",
+            "9",
+            "--blocks",
+            "150",
+        ])
+        .unwrap();
+        let config = SimConfig::from(cli.sim);
+        assert_eq!(config.endpoints.len(), 2);
+        assert_eq!(config.endpoints[0].faults.latency_ms, 5);
+        assert_eq!(config.endpoints[1].faults.fork, 2);
+        assert_eq!((config.seed, config.blocks), (9, 150));
+        assert_eq!(config.peers, ["h:1:s"]);
+
+        assert!(Cli::try_parse_from(["sim", "--listen", "127.0.0.1:0,bogus"]).is_err());
+        assert!(
+            Cli::try_parse_from(["sim", "--cert", "c.pem"]).is_err(),
+            "--cert needs --key"
+        );
+    }
+
+    #[test]
+    fn peers_are_formatted_like_electrumx() {
+        let p = peers_json(&["a.example:50002:s".into(), "[::1]:7".into()]).unwrap();
+        assert_eq!(
+            p,
+            json!([
+                ["a.example", "a.example", ["v1.6", "p10000", "s50002"]],
+                ["::1", "::1", ["v1.6", "p10000", "t7"]]
+            ])
+        );
+        assert!(peers_json(&["nope".into()]).is_err());
+    }
+}

@@ -431,10 +431,9 @@ impl Call<'_> {
             .tx(&txid)
             .and_then(|l| l.block)
             .ok_or_else(|| RpcError::bad_request(format!("tx {txid} is not in a block")))?;
-        if want.is_some_and(|w| w != height) {
+        if let Some(w) = want.filter(|w| *w != height) {
             return Err(RpcError::bad_request(format!(
-                "tx {txid} not in block at height {}",
-                want.unwrap_or_default()
+                "tx {txid} not in block at height {w}"
             )));
         }
         let merkle = self.tx_branch(&view, height, pos);

@@ -123,17 +123,28 @@ impl Wallet {
         }
     }
 
-    /// Waits for a notification of `method` whose first param is `key` (any for headers)
-    /// and whose value satisfies `pred`, skipping others.
+    /// Waits for a notification of `method` that satisfies `pred`; other notifications stay
+    /// queued in order for later calls.
     pub async fn notification_until(
         &mut self,
         method: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
+        let hit = |n: &Value| n["method"] == json!(method) && pred(n);
+        if let Some(i) = self.notifications.iter().position(&hit) {
+            return self.notifications.remove(i).expect("index in range");
+        }
         loop {
-            let n = self.notification().await;
-            if n["method"] == json!(method) && pred(&n) {
-                return n;
+            let m = self
+                .read_message()
+                .await
+                .expect("connection closed while waiting");
+            if m.get("method").is_none() {
+                self.responses.push(m);
+            } else if hit(&m) {
+                return m;
+            } else {
+                self.notifications.push_back(m);
             }
         }
     }

@@ -1,0 +1,43 @@
+//! The verified header chain and the checks on upstream answers.
+//!
+//! The gateway talks to several upstream Electrum servers so that no single one can lie to a
+//! wallet. Whatever can be proven is proven here, locally: the header chain is downloaded from
+//! genesis and every header is checked against the consensus rules (links, proof of work,
+//! difficulty, checkpoints, timestamps), the best chain is the one with most work, and
+//! transactions, merkle proofs, header proofs, statuses and broadcasts are checked against it.
+//! What cannot be proven (histories' completeness, fee estimates) is compared between
+//! upstreams with the helpers in [`verify`]. See `docs/trust.md` for the full trust model.
+//!
+//! - [`headers`]: [`HeaderChain`], the best chain, forks and header proofs;
+//! - [`store`]: the on-disk copy of the best chain;
+//! - [`difficulty`]: which bits the next header must carry;
+//! - [`params`] and [`mod@checkpoints`]: what differs between networks;
+//! - [`merkle`]: Electrum-style merkle branches;
+//! - [`verify`]: pure checks on answers;
+//! - [`sync`]: planning the header download.
+
+pub mod checkpoints;
+pub mod difficulty;
+pub mod headers;
+pub mod merkle;
+pub mod params;
+pub mod store;
+pub mod sync;
+pub mod verify;
+
+pub use checkpoints::{checkpoints, Checkpoint};
+pub use headers::{
+    parse_headers_hex, Accepted, HeaderChain, HeaderProof, ProofError, RejectReason, Rejected, Tip,
+    DEFAULT_REORG_WINDOW,
+};
+pub use params::ChainParams;
+pub use store::{HeaderStore, StoreError};
+pub use sync::{ChunkRequest, HeaderSync, SyncProgress, MAX_CHUNK};
+pub use verify::{
+    canonical_order, check_broadcast, check_header_proof, check_merkle, check_status,
+    check_transaction, fee_consensus, histories_agree, parse_history, status_hash, txid_of,
+    HistoryEntry, MerkleAnswer, VerifyError,
+};
+
+#[cfg(test)]
+mod tests;
