@@ -5,6 +5,8 @@
 //! `RUST_LOG=warn` (so stderr holds only what the tools themselves print).
 
 use electrum_gateway::client::tls::fingerprint;
+use electrum_gateway::config::Config;
+use electrum_gateway::gateway::Gateway;
 use electrum_gateway::servers::ServerList;
 use electrum_gateway::sim::{Sim, SimConfig, ADDRESSES};
 use electrum_gateway::tools::spider::{crawl, SpiderOptions, Verdict};
@@ -858,5 +860,127 @@ async fn spider_exit_codes() {
     )
     .await;
     assert_code(&o, 2);
+    net.shutdown().await;
+}
+
+/// A gateway for wallets on loopback in front of `servers` (or, when empty, of the candidates
+/// in `server_list`), ready once its tip reaches `height`.
+async fn gateway(data_dir: &Path, servers: Vec<String>, server_list: &str, height: u32) -> Gateway {
+    let mut cfg = Config {
+        network: "regtest".into(),
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
+    cfg.upstreams.servers = servers;
+    cfg.upstreams.server_list = server_list.into();
+    cfg.upstreams.use_server_list = !server_list.is_empty();
+    cfg.upstreams.reconnect_initial_secs = 0.05;
+    cfg.upstreams.reconnect_max_secs = 0.5;
+    cfg.listen.tcp = "127.0.0.1:0".into();
+    cfg.listen.tls = String::new();
+    cfg.listen.http = String::new();
+    let gw = Gateway::start(cfg).await.unwrap();
+    let mut tip = gw.ctx().pool.tip_watch();
+    timeout(
+        WAIT,
+        tip.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
+    )
+    .await
+    .expect("the gateway never reached the tip")
+    .unwrap();
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_and_subscribe_through_the_gateway() {
+    let home = tempfile::tempdir().unwrap();
+    let sim = sim(&["127.0.0.1:0"]).await;
+    let gw = gateway(
+        &home.path().join("gw"),
+        vec![sim.url(0).to_string()],
+        "",
+        sim.tip_height(),
+    )
+    .await;
+    let server = format!("tcp://{}", gw.tcp_addr().unwrap());
+    let a = ADDRESSES[4];
+
+    // The network of the address comes from the gateway's server.features.
+    let o = run(
+        home.path(),
+        &[
+            "call",
+            "--server",
+            &server,
+            "blockchain.address.get_balance",
+            a.address,
+        ],
+    )
+    .await;
+    assert_code(&o, 0);
+    let (confirmed, unconfirmed) = sim.balance(a.scripthash).unwrap();
+    assert_eq!(
+        json_out(&o),
+        json!({"confirmed": confirmed, "unconfirmed": unconfirmed})
+    );
+
+    let mut w = Watcher::spawn(home.path(), &["--server", &server, "--json", a.address]);
+    let first: Value = serde_json::from_str(&w.line().await).unwrap();
+    assert_eq!(first["params"][1], json!(sim.status(a.scripthash).unwrap()));
+    sim.pay(a.address, 12_345).unwrap();
+    let status = sim.status(a.scripthash).unwrap().unwrap();
+    w.line_where(|l| l.contains(&status)).await;
+    assert_eq!(w.interrupt().await, Some(0));
+    gw.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_on_the_list_the_spider_wrote() {
+    let home = tempfile::tempdir().unwrap();
+    let net = SimNet::start().await;
+    let out = home.path().join("servers.json");
+    let o = run(
+        home.path(),
+        &[
+            "spider",
+            "--seed",
+            &net.seed().to_string(),
+            "--timeout",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_code(&o, 0);
+
+    let tip = net.a.tip_height();
+    let gw = gateway(&home.path().join("gw"), vec![], out.to_str().unwrap(), tip).await;
+    let server = format!("tcp://{}", gw.tcp_addr().unwrap());
+    let o = run(
+        home.path(),
+        &["call", "--server", &server, "blockchain.block.header", "7"],
+    )
+    .await;
+    assert_code(&o, 0);
+    assert_eq!(json_out(&o), json!(net.a.header_hex(7).unwrap()));
+    // Every upstream the gateway chose came from the list.
+    let listed: Vec<String> = ServerList::load(&out)
+        .unwrap()
+        .iter()
+        .flat_map(|s| s.urls())
+        .map(|u| u.to_string())
+        .collect();
+    let ups = gw.ctx().pool.upstreams();
+    assert!(!ups.is_empty());
+    for u in ups {
+        assert!(
+            listed.contains(&u.url().to_string()),
+            "{} not in {listed:?}",
+            u.url()
+        );
+    }
+    gw.shutdown();
     net.shutdown().await;
 }
