@@ -234,7 +234,8 @@ pub struct SpiderReport {
     pub protocol: Option<char>,
     /// Every server visited, by host name.
     pub servers: Vec<HostReport>,
-    /// Peers not visited because `max_servers` was reached.
+    /// Peer endpoints (distinct host, transport and port) not visited because `max_servers`
+    /// was reached.
     pub skipped: usize,
 }
 
@@ -435,7 +436,8 @@ struct Crawl<'a> {
     /// Seed endpoints in order, for the majority vote.
     seed_order: Vec<Key>,
     genesis: Option<String>,
-    skipped: usize,
+    /// Endpoints left out because `max_servers` was reached.
+    skipped: HashSet<Key>,
     progress: Progress,
 }
 
@@ -449,7 +451,7 @@ impl<'a> Crawl<'a> {
             results: HashMap::new(),
             seed_order: Vec::new(),
             genesis: None,
-            skipped: 0,
+            skipped: HashSet::new(),
             progress: Progress::default(),
         }
     }
@@ -462,7 +464,7 @@ impl<'a> Crawl<'a> {
         }
         let host_key = key.0.clone();
         if !self.hosts.contains_key(&host_key) && self.hosts.len() >= self.opts.max_servers {
-            self.skipped += 1;
+            self.skipped.insert(key);
             return false;
         }
         let host = self.hosts.entry(host_key).or_insert_with(|| Host {
@@ -635,7 +637,7 @@ impl<'a> Crawl<'a> {
             genesis_hash: self.genesis,
             protocol: self.opts.protocol,
             servers,
-            skipped: self.skipped,
+            skipped: self.skipped.len(),
         }
     }
 }
@@ -849,7 +851,7 @@ pub async fn run(args: SpiderArgs) -> anyhow::Result<i32> {
     );
     if report.skipped > 0 {
         println!(
-            "{} more peers not visited (--max-servers reached)",
+            "{} more peer endpoints not visited (--max-servers reached)",
             report.skipped
         );
     }
