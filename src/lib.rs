@@ -19,4 +19,5 @@ pub mod router;
 pub mod server;
 pub mod servers;
 pub mod sim;
+pub mod tools;
 pub mod transport;

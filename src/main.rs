@@ -22,6 +22,12 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default command).
     Serve(ServeArgs),
+    /// Make one call to a server and print the result as JSON.
+    Call(electrum_gateway::tools::call::CallArgs),
+    /// Print the chain tip and address states, then every change, until interrupted.
+    Subscribe(electrum_gateway::tools::subscribe::SubscribeArgs),
+    /// Discover servers through their peers and write a servers.json.
+    Spider(electrum_gateway::tools::spider::SpiderArgs),
     /// Run a simulated regtest network of three servers with the gateway in front, offline.
     Demo(DemoArgs),
     /// Run the simulated Electrum server.
@@ -214,6 +220,15 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Call(args)) => {
+                std::process::exit(electrum_gateway::tools::call::run(args).await?)
+            }
+            Some(Command::Subscribe(args)) => {
+                std::process::exit(electrum_gateway::tools::subscribe::run(args).await?)
+            }
+            Some(Command::Spider(args)) => {
+                std::process::exit(electrum_gateway::tools::spider::run(args).await?)
+            }
             Some(Command::Demo(args)) => demo(args).await,
             Some(Command::Sim(args)) => electrum_gateway::sim::run(args).await,
         }
