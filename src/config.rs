@@ -363,16 +363,16 @@ mod tests {
     #[test]
     fn policy_overrides() {
         let cfg = Config::from_toml(
-            "[routing.policy]\n\"blockchain.scripthash.get_history\" = \"quorum\"",
+            "[routing.policy]\n\"blockchain.scripthash.get_history\" = \"fastest\"",
         )
         .unwrap();
         assert_eq!(
             cfg.policy("blockchain.scripthash.get_history"),
-            Policy::Quorum
+            Policy::Fastest
         );
         assert_eq!(
             cfg.policy("blockchain.scripthash.get_balance"),
-            Policy::Fastest
+            Policy::Quorum
         );
         assert_eq!(cfg.policy("blockchain.estimatefee"), Policy::Median);
         assert_eq!(

@@ -873,7 +873,7 @@ mod tests {
         assert!(
             t.contains(r#"electrum_gateway_verification_failures_total{reason="bad_merkle"} 0"#)
         );
-        assert!(t.contains(r#"electrum_gateway_demotions_total{reason="lagging"} 0"#));
+        assert!(t.contains(r#"electrum_gateway_demotions_total{reason="lag"} 0"#));
         assert!(t.contains(
             r#"electrum_gateway_cache_hits_total{method="blockchain.transaction.get"} 0"#
         ));
