@@ -120,7 +120,11 @@ impl Gateway {
             std::time::Duration::from_millis(cfg.routing.hedge_max_ms),
             cfg.routing.quorum,
         );
-        let hub = Hub::new(pool.clone(), secs(cfg.limits.request_timeout_secs));
+        let hub = Hub::new(
+            pool.clone(),
+            secs(cfg.limits.request_timeout_secs),
+            cfg.verify.statuses,
+        );
         let ctx = Arc::new(Ctx {
             cfg: cfg.clone(),
             network,

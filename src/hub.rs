@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::pool::{Pool, PoolEvent};
+use crate::chain::{check_status, parse_history, HistoryEntry};
+use crate::pool::{Pool, PoolEvent, Upstream};
 use crate::protocol::RpcError;
 use crate::router::unavailable;
 
@@ -73,6 +74,7 @@ pub struct Hub {
     /// Notifications sent to sessions.
     pub notifications: AtomicU64,
     subscribe_timeout: Duration,
+    verify_statuses: bool,
 }
 
 fn key_of(sh: &str) -> u64 {
@@ -93,7 +95,7 @@ fn valid_status(v: &Value) -> bool {
 impl Hub {
     /// A hub over a pool. `subscribe_timeout` bounds how long a first subscriber waits for
     /// the initial status.
-    pub fn new(pool: Arc<Pool>, subscribe_timeout: Duration) -> Arc<Hub> {
+    pub fn new(pool: Arc<Pool>, subscribe_timeout: Duration, verify_statuses: bool) -> Arc<Hub> {
         Arc::new(Hub {
             pool,
             entries: Mutex::new(HashMap::new()),
@@ -101,6 +103,7 @@ impl Hub {
             moves: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             subscribe_timeout,
+            verify_statuses,
         })
     }
 
@@ -246,13 +249,10 @@ impl Hub {
         let mut moved = false;
         loop {
             let Some((up, client)) = self.pool.pick_for(key) else {
-                // No upstream now: wait for one to come up (or for the entry to close).
+                // No upstream in step now: wait for a change (or for the entry to close).
                 tokio::select! {
                     _ = entry.closed.notified() => return,
-                    ev = events.recv() => {
-                        if let Ok(PoolEvent::Up(_)) | Err(_) = ev {}
-                        continue;
-                    }
+                    _ = events.recv() => continue,
                 }
             };
             let params = vec![Value::String(entry.scripthash.to_string())];
@@ -276,21 +276,33 @@ impl Hub {
             moved = true;
             self.upstream_subs.fetch_add(1, Ordering::Relaxed);
             let initial: Value = serde_json::from_str(initial.get()).unwrap_or(Value::Bool(false));
-            if valid_status(&initial) {
-                self.apply(&entry, initial);
-            } else {
-                tracing::warn!(upstream = %up.name(), "invalid status from upstream");
-            }
+            let mut next = Some(initial);
             let closed = loop {
-                tokio::select! {
-                    v = stream.next() => match v {
-                        Some(v) if valid_status(&v) => self.apply(&entry, v),
-                        Some(_) => {
-                            tracing::warn!(upstream = %up.name(), "invalid status notification from upstream");
+                if let Some(status) = next.take() {
+                    match self.vet(&up, &client, &entry.scripthash, &status).await {
+                        Ok(()) => self.apply(&entry, status),
+                        Err(reason) => {
+                            self.pool.penalize(&up, reason);
                             break false;
                         }
+                    }
+                }
+                tokio::select! {
+                    v = stream.next() => match v {
+                        Some(v) => next = Some(v),
                         None => break false,
                     },
+                    ev = events.recv() => {
+                        // The upstream fell out of step (demoted, sitting out): move.
+                        let relevant = match ev {
+                            Ok(PoolEvent::Standing(id)) => id == up.id,
+                            Ok(_) => false,
+                            Err(_) => true,
+                        };
+                        if relevant && !up.in_step() {
+                            break false;
+                        }
+                    }
                     _ = entry.closed.notified() => break true,
                 }
             };
@@ -299,7 +311,110 @@ impl Hub {
             if closed {
                 return;
             }
-            tracing::debug!(upstream = %up.name(), "subscription lost; moving it");
+            tracing::debug!(upstream = %up.name(), "moving a subscription to another upstream");
         }
     }
+
+    /// Checks a status an upstream announced before any wallet sees it: it must be the status
+    /// of the history that upstream returns, and that history's confirmed part must agree with
+    /// the other upstreams' (a majority decides when they differ). Returns the reason to
+    /// penalise the upstream when the status is false. Transport failures while checking are
+    /// not held against it.
+    async fn vet(
+        &self,
+        up: &Upstream,
+        client: &crate::client::Client,
+        scripthash: &str,
+        status: &Value,
+    ) -> Result<(), &'static str> {
+        if !valid_status(status) {
+            return Err("bad_status");
+        }
+        if !self.verify_statuses {
+            return Ok(());
+        }
+        let params = vec![Value::String(scripthash.to_string())];
+        let mut history = None;
+        // Twice: a new transaction may land between the status and the history.
+        for _ in 0..2 {
+            let Ok(raw) = client
+                .request("blockchain.scripthash.get_history", params.clone())
+                .await
+            else {
+                return Ok(());
+            };
+            if check_status(raw.get(), status.as_str()).is_ok() {
+                history = Some(raw);
+                break;
+            }
+        }
+        let Some(history) = history else {
+            return Err("bad_status");
+        };
+        let Ok(mine) = parse_history(history.get()) else {
+            return Err("bad_status");
+        };
+        // Compare confirmed parts with the other upstreams in step, up to the lowest tip among
+        // those compared (a block may reach one upstream before another).
+        let others: Vec<_> = self
+            .pool
+            .ranked_for(true)
+            .into_iter()
+            .filter(|(u, _)| u.id != up.id)
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        let mut versions: Vec<(Vec<HistoryEntry>, u32)> = Vec::new();
+        let mut asked = 0;
+        for (other, oc) in others {
+            asked += 1;
+            let Ok(raw) = oc
+                .request("blockchain.scripthash.get_history", params.clone())
+                .await
+            else {
+                continue;
+            };
+            let Ok(theirs) = parse_history(raw.get()) else {
+                continue;
+            };
+            let tip = other.tip().map(|t| t.height).unwrap_or(0);
+            versions.push((theirs, tip));
+            // One agreeing upstream is enough when nobody disagrees so far.
+            let my_tip = up.tip().map(|t| t.height).unwrap_or(0);
+            let disagree = versions
+                .iter()
+                .filter(|(v, t)| !confirmed_agree(&mine, v, my_tip.min(*t)))
+                .count();
+            if disagree == 0 && asked >= 1 {
+                return Ok(());
+            }
+        }
+        let my_tip = up.tip().map(|t| t.height).unwrap_or(0);
+        let agree = versions
+            .iter()
+            .filter(|(v, t)| confirmed_agree(&mine, v, my_tip.min(*t)))
+            .count()
+            + 1;
+        let total = versions.len() + 1;
+        if agree * 2 > total {
+            Ok(())
+        } else if (total - agree) * 2 > total {
+            Err("history_mismatch")
+        } else {
+            tracing::warn!(upstream = %up.name(), "upstreams disagree on a history; no majority");
+            Ok(())
+        }
+    }
+}
+
+/// Whether two histories agree on their confirmed entries up to `height`.
+fn confirmed_agree(a: &[HistoryEntry], b: &[HistoryEntry], height: u32) -> bool {
+    let part = |h: &[HistoryEntry]| -> Vec<HistoryEntry> {
+        h.iter()
+            .filter(|e| e.height > 0 && e.height <= i64::from(height))
+            .copied()
+            .collect()
+    };
+    part(a) == part(b)
 }

@@ -423,10 +423,10 @@ impl Pool {
     }
 
     /// Usable upstreams, best first: connected, not cordoned, not sitting out; in step with the
-    /// verified tip before the others; then by score. For reads that depend on the tip
+    /// verified tip before the others, the least behind first; then by score. For reads that depend on the tip
     /// (`tip_dependent`), only upstreams in step.
     pub fn ranked_for(&self, tip_dependent: bool) -> Vec<(Arc<Upstream>, Client)> {
-        let mut v: Vec<(Arc<Upstream>, Client, bool, f64)> = self
+        let mut v: Vec<(Arc<Upstream>, Client, (bool, u32), f64)> = self
             .upstreams
             .iter()
             .filter(|u| !u.cordoned.load(Ordering::Relaxed))
@@ -436,7 +436,7 @@ impl Pool {
                     return None;
                 }
                 let c = u.client()?;
-                Some((u.clone(), c, !st.in_step(), u.score()))
+                Some((u.clone(), c, (!st.in_step(), st.lag), u.score()))
             })
             .collect();
         v.sort_by(|a, b| a.2.cmp(&b.2).then(a.3.total_cmp(&b.3)));
