@@ -304,6 +304,41 @@ impl Consensus {
         });
     }
 
+    /// Breaks a tie between branches of equal work by the upstreams' majority: when more of
+    /// the announced tips are the tip of a kept competing branch with as much work as the best
+    /// chain than are the best tip itself, the best chain switches to that branch.
+    pub fn break_tie(&self, announced: &[Tip]) {
+        let hashes: Vec<bitcoin::BlockHash> = announced
+            .iter()
+            .filter_map(|t| header_from_hex(&t.hex).map(|h| h.block_hash()))
+            .collect();
+        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        let best = chain.tip().hash;
+        let on_best = hashes.iter().filter(|h| **h == best).count();
+        let mut counts: BTreeMap<bitcoin::BlockHash, usize> = BTreeMap::new();
+        for h in hashes.iter().filter(|h| **h != best) {
+            *counts.entry(*h).or_default() += 1;
+        }
+        let Some((candidate, n)) = counts.into_iter().max_by_key(|(_, n)| *n) else {
+            return;
+        };
+        if n <= on_best {
+            return;
+        }
+        let switched = chain.prefer(&candidate);
+        drop(chain);
+        if let Some(Accepted::Reorganized {
+            fork, disconnected, ..
+        }) = switched
+        {
+            tracing::warn!(
+                fork,
+                "equal-work branches: following the upstreams' majority"
+            );
+            self.publish(Some((fork, disconnected)));
+        }
+    }
+
     /// Where an announced tip stands now: on the best chain (with its lag) or not.
     pub fn standing_of(&self, tip: &Tip) -> Option<u32> {
         let header = header_from_hex(&tip.hex)?;
@@ -350,10 +385,12 @@ impl Consensus {
             };
             match self.after_accept(res) {
                 Placement::Unlinked => {
-                    back = (back.max(1)) * 2;
-                    if back > window.max(1) * 2 || start == 1 {
-                        return Placement::Side;
+                    // Nothing it sends connects, back to genesis or past the reorg window:
+                    // these are not headers of this chain.
+                    if back > window.max(1) || start == 1 {
+                        return Placement::Bad("bad_header");
                     }
+                    back = (back.max(1)) * 2;
                 }
                 Placement::OnBest => {
                     // Made progress; loop until the announced tip itself is placed.

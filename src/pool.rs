@@ -724,13 +724,14 @@ impl Pool {
                         st.linking = false;
                     }
                     up.link.release();
-                    // The upstream may have announced a newer tip meanwhile: place that one.
-                    let latest = up.tip().unwrap_or(tip.clone());
-                    if placement == Placement::OnBest && latest != tip {
-                        let p = pool.consensus.place_tip(&latest);
-                        pool.apply_placement(&up, p, &latest);
-                    } else {
-                        pool.apply_placement(&up, placement, &tip);
+                    // The upstream may have announced a newer tip meanwhile: the verdict on the
+                    // old one is stale, place the new one instead.
+                    match up.tip() {
+                        Some(latest) if latest != tip => {
+                            let p = pool.consensus.place_tip(&latest);
+                            pool.apply_placement(&up, p, &latest);
+                        }
+                        _ => pool.apply_placement(&up, placement, &tip),
                     }
                     let after = pool.consensus.tip();
                     if after != before {
@@ -756,8 +757,16 @@ impl Pool {
         }
     }
 
-    /// Recomputes every upstream's place relative to the verified best tip.
+    /// Recomputes every upstream's place relative to the verified best tip (after breaking
+    /// an equal-work tie by the upstreams' majority).
     pub fn refresh_standings(&self) {
+        let announced: Vec<Tip> = self
+            .upstreams
+            .iter()
+            .filter(|u| u.connected() > 0)
+            .filter_map(|u| u.tip())
+            .collect();
+        self.consensus.break_tie(&announced);
         let max_lag = self.consensus.max_lag();
         for up in &self.upstreams {
             let Some(tip) = up.tip() else { continue };

@@ -598,7 +598,21 @@ impl HeaderChain {
         let cursor = self.cursor_at(&base, new[0].prev_blockhash);
         let checked = validate(&self.params, &mut self.works, cursor, first, new)?;
         self.verified += new.len() as u64;
-        Ok(self.commit(base, first, new, &checked))
+        Ok(self.commit(base, first, new, &checked, false))
+    }
+
+    /// Switches the best chain to the kept competing branch whose tip is `tip_hash`, when that
+    /// branch has exactly as much work as the best chain: a tie that the consensus rules leave
+    /// open and the caller breaks (by a majority of upstreams). Returns `None` when `tip_hash`
+    /// is not the tip of such a branch.
+    pub fn prefer(&mut self, tip_hash: &BlockHash) -> Option<Accepted> {
+        let side = self.side.get(tip_hash)?;
+        let (header, height, work) = (side.header, side.height, side.work);
+        if work != self.total_work || height == 0 {
+            return None;
+        }
+        let base = self.locate_parent(height - 1, &header.prev_blockhash)?;
+        Some(self.commit(base, height, &[header], &[(*tip_hash, work)], true))
     }
 
     /// Find the block `hash` at `height`, on the best chain or on a kept branch.
@@ -691,6 +705,7 @@ impl HeaderChain {
         first: u32,
         new: &[Header],
         checked: &[(BlockHash, Work)],
+        take_tie: bool,
     ) -> Accepted {
         let tip = self.height();
         let (last_hash, new_work) = checked[checked.len() - 1];
@@ -710,7 +725,7 @@ impl HeaderChain {
                 tip: new_tip,
             };
         }
-        if new_work <= self.total_work {
+        if new_work < self.total_work || (new_work == self.total_work && !take_tie) {
             for (k, (header, (hash, work))) in new.iter().zip(checked).enumerate() {
                 let height = first + k as u32;
                 self.side.insert(
