@@ -11,9 +11,9 @@
 //! followed by the notifications a wallet must get; then one ElectrumX is killed and restarted
 //! while wallets keep reading and the chain keeps changing, and nothing may fail or go missing.
 
-mod common;
 #[path = "interop/bitcoind.rs"]
 mod bitcoind;
+mod common;
 #[path = "interop/electrumx.rs"]
 mod electrumx;
 #[path = "interop/expect.rs"]
@@ -74,13 +74,11 @@ impl Interop {
             .map(|i| ElectrumX::start(bin, i, dir.path(), &btc.url()))
             .collect();
         let tip = btc.snapshot().tip_height();
-        let monitors = futures::future::join_all(
-            servers.iter_mut().map(|s| s.ready(tip, &shs)),
-        )
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+        let monitors = futures::future::join_all(servers.iter_mut().map(|s| s.ready(tip, &shs)))
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
 
         let mut cfg = Config {
             network: "regtest".into(),
@@ -151,8 +149,11 @@ impl Interop {
 }
 
 fn hex_bytes(v: &Value) -> Vec<u8> {
-    Vec::from_hex(v.as_str().unwrap_or_else(|| panic!("not a hex string: {v}")))
-        .unwrap_or_else(|e| panic!("bad hex {v}: {e}"))
+    Vec::from_hex(
+        v.as_str()
+            .unwrap_or_else(|| panic!("not a hex string: {v}")),
+    )
+    .unwrap_or_else(|e| panic!("bad hex {v}: {e}"))
 }
 
 fn result(r: Value, what: &str) -> Value {
@@ -336,7 +337,11 @@ async fn check_transactions(w: &mut Wallet, e: &Expected, btc: &Bitcoind, per_ad
     for (txid, height, t, m, h) in ids {
         let raw = result(w.response(t).await, "transaction.get");
         let tx: Transaction = deserialize(&hex_bytes(&raw)).expect("a transaction");
-        assert_eq!(tx.compute_txid(), *txid, "the transaction hashes to its txid");
+        assert_eq!(
+            tx.compute_txid(),
+            *txid,
+            "the transaction hashes to its txid"
+        );
         assert_eq!(
             serialize(&tx),
             serialize(&*snap.txs[txid].0),
@@ -415,9 +420,11 @@ async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
     let features = w.call("server.features", json!([])).await;
     assert_eq!(
         features["genesis_hash"],
-        json!(bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest)
-            .block_hash()
-            .to_string())
+        json!(
+            bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest)
+                .block_hash()
+                .to_string()
+        )
     );
     let tip = w.call("blockchain.headers.subscribe", json!([])).await;
     assert_eq!(tip, json!({"hex": e0.tip_hex, "height": e0.tip_height}));
@@ -545,8 +552,8 @@ async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
     let stop = CancellationToken::new();
     let reads = Arc::new(AtomicUsize::new(0));
     let fixed_height = 100u32;
-    let fixed_header = json!(serialize(&net.btc.snapshot().block(fixed_height).header)
-        .to_lower_hex_string());
+    let fixed_header =
+        json!(serialize(&net.btc.snapshot().block(fixed_height).header).to_lower_hex_string());
     let readers: Vec<_> = (0..3)
         .map(|r| {
             let (stop, reads, shs) = (stop.clone(), reads.clone(), net.shs.clone());

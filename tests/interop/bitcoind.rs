@@ -113,7 +113,11 @@ fn take_snapshot(sim: &Sim, prev: &Snapshot) -> Snapshot {
                     .collect();
                 Block { header, txdata }
             };
-            assert_eq!(block.block_hash(), hash, "block {height} rebuilt from the sim");
+            assert_eq!(
+                block.block_hash(),
+                hash,
+                "block {height} rebuilt from the sim"
+            );
             assert!(block.check_merkle_root(), "merkle root of block {height}");
             let raw: Arc<str> = serialize(&block).to_lower_hex_string().into();
             snap.raw_blocks.insert(hash, raw);
@@ -282,7 +286,9 @@ struct Request {
 }
 
 /// Reads one request; `Ok(None)` when the client closed the connection between requests.
-async fn read_request(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> anyhow::Result<Option<Request>> {
+async fn read_request(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+) -> anyhow::Result<Option<Request>> {
     let mut line = String::new();
     if r.read_line(&mut line).await? == 0 {
         return Ok(None);
@@ -297,7 +303,10 @@ async fn read_request(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> anyh
     let mut head = line.len();
     loop {
         line.clear();
-        anyhow::ensure!(r.read_line(&mut line).await? > 0, "connection closed in a head");
+        anyhow::ensure!(
+            r.read_line(&mut line).await? > 0,
+            "connection closed in a head"
+        );
         head += line.len();
         anyhow::ensure!(head <= MAX_REQUEST, "request head too large");
         let l = line.trim_end();
@@ -423,7 +432,10 @@ fn handle_body(inner: &Inner, body: &[u8]) -> (u16, Value) {
         Value::Array(calls) => {
             inner.counters.lock().unwrap().batches += 1;
             // Bitcoin Core answers every call of a batch in order, with HTTP 200.
-            (200, Value::Array(calls.iter().map(|c| answer(inner, c)).collect()))
+            (
+                200,
+                Value::Array(calls.iter().map(|c| answer(inner, c)).collect()),
+            )
         }
         call => {
             let a = answer(inner, &call);

@@ -37,7 +37,9 @@ pub fn binary() -> Option<PathBuf> {
     if path.is_file() {
         return Some(path);
     }
-    let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
     let note = format!(
         "ElectrumX not found at {} (set ELECTRUMX_BIN, or run .ci/run to install it into .venv)",
         path.display()
@@ -194,9 +196,11 @@ impl ElectrumX {
         );
         let monitor = Monitor::start(self.index, client, scripthashes).await;
         let tip = monitor
-            .wait(&format!("ElectrumX #{} at height {height}", self.index), SYNC_WAIT, |s| {
-                s.height >= height
-            })
+            .wait(
+                &format!("ElectrumX #{} at height {height}", self.index),
+                SYNC_WAIT,
+                |s| s.height >= height,
+            )
             .await;
         assert!(tip.height >= height);
         monitor
@@ -299,11 +303,19 @@ impl Monitor {
     }
 
     /// Waits until what the server serves satisfies `cond`; panics with `what` after `limit`.
-    pub async fn wait(&self, what: &str, limit: Duration, cond: impl Fn(&Served) -> bool) -> Served {
+    pub async fn wait(
+        &self,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&Served) -> bool,
+    ) -> Served {
         let mut rx = self.rx.clone();
         let waited = match tokio::time::timeout(limit, rx.wait_for(|s| cond(s))).await {
             Ok(Ok(s)) => s.clone(),
-            Ok(Err(_)) => panic!("ElectrumX #{}: connection lost waiting for {what}", self.index),
+            Ok(Err(_)) => panic!(
+                "ElectrumX #{}: connection lost waiting for {what}",
+                self.index
+            ),
             Err(_) => panic!(
                 "ElectrumX #{}: timed out waiting for {what}; it serves {:?}",
                 self.index,

@@ -49,8 +49,8 @@ pub fn status_of(history: &[Value]) -> Option<String> {
 pub fn merkle_root(txid: &Txid, branch: &[Value], mut pos: u64) -> [u8; 32] {
     let mut h = txid.to_byte_array();
     for node in branch {
-        let mut sibling: [u8; 32] = <[u8; 32]>::from_hex(node.as_str().expect("a hex hash"))
-            .expect("a 32-byte hash");
+        let mut sibling: [u8; 32] =
+            <[u8; 32]>::from_hex(node.as_str().expect("a hex hash")).expect("a 32-byte hash");
         sibling.reverse();
         // A node may equal its sibling: the last transaction of a level with an odd count is
         // paired with itself, and ElectrumX sends that copy in the branch.
@@ -86,7 +86,9 @@ pub struct ForScripthash {
 impl ForScripthash {
     /// Checks a `listunspent` answer: the confirmed part in order, the mempool part as a set.
     pub fn check_listunspent(&self, got: &Value, what: &str) {
-        let got = got.as_array().unwrap_or_else(|| panic!("{what}: not a list: {got}"));
+        let got = got
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: not a list: {got}"));
         let (conf, mem): (Vec<&Value>, Vec<&Value>) =
             got.iter().partition(|u| u["height"].as_i64() != Some(0));
         let want: Vec<&Value> = self.unspent_confirmed.iter().collect();
@@ -232,7 +234,7 @@ impl Expected {
                 })
                 .unwrap_or_default();
             let mut mem = mem_entries.get(sh).cloned().unwrap_or_default();
-            mem.sort_by(|a, b| (a.0, a.1.to_string()).cmp(&(b.0, b.1.to_string())));
+            mem.sort_by_key(|a| (a.0, a.1.to_string()));
             history.extend(mem.iter().map(|(ui, txid, fee)| {
                 json!({"tx_hash": txid.to_string(), "height": if *ui { -1 } else { 0 }, "fee": fee})
             }));
