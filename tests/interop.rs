@@ -514,10 +514,32 @@ async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
         "the node's reason reaches the wallet: {err}"
     );
 
-    // --- A block confirms the mempool.
+    // --- A block confirms the mempool. More wallets watch it: the gateway carries them all
+    // over its one connection per ElectrumX.
+    let mut watchers = futures::future::join_all((0..10).map(|_| async {
+        let mut v = net.wallet("1.6").await;
+        v.call("blockchain.headers.subscribe", json!([])).await;
+        let mut ids = Vec::new();
+        for sh in &net.shs {
+            ids.push((
+                sh,
+                v.send("blockchain.scripthash.subscribe", json!([sh])).await,
+            ));
+        }
+        for (sh, id) in ids {
+            let status = result(v.response(id).await, "scripthash.subscribe");
+            assert_eq!(status, json!(e2.by_sh[sh].status));
+        }
+        v
+    }))
+    .await;
     let reorg_check_height = net.btc.mine(1) - 1;
     let e3 = net.expected();
     expect_notifications(&mut w, &e2, &e3, "new block").await;
+    for v in watchers.iter_mut() {
+        expect_notifications(v, &e2, &e3, "new block, another wallet").await;
+    }
+    drop(watchers);
     net.settle(&e3, "the new block").await;
     check_reads(&mut w, &e3, "after a block").await;
     check_transactions(&mut w, &e3, &net.btc, 2).await;
