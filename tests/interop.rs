@@ -21,6 +21,7 @@ mod expect;
 
 use bitcoin::block::Header;
 use bitcoin::consensus::{deserialize, serialize};
+use bitcoin::hashes::Hash as _;
 use bitcoin::hex::{DisplayHex, FromHex};
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 use bitcoind::Bitcoind;
@@ -369,8 +370,6 @@ async fn check_transactions(w: &mut Wallet, e: &Expected, btc: &Bitcoind, per_ad
     }
 }
 
-use bitcoin::hashes::Hash as _;
-
 /// A transaction spending a confirmed output of address `from` to address `to`, with change.
 fn spend(e: &Expected, net: &Interop, from: usize, to: usize, sats: u64) -> Transaction {
     let exp = &e.by_sh[&net.shs[from]];
@@ -447,8 +446,9 @@ async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
     check_transactions(&mut w, &e0, &net.btc, 4).await;
 
     // Fees come from the node through every ElectrumX; the gateway takes the median.
-    for (target, rate) in [(2, 0.0002), (6, 0.0001), (25, 0.00005)] {
+    for target in [2, 6, 25] {
         let fee = w.call("blockchain.estimatefee", json!([target])).await;
+        let rate = bitcoind::fee_rate(target);
         assert_eq!(fee.as_f64(), Some(rate), "estimatefee {target}");
     }
     let info = w.call("mempool.get_info", json!([])).await;

@@ -45,9 +45,18 @@ const BASIC_AUTH: &str = "Basic dXNlcjpwYXNz";
 const MAX_REQUEST: usize = 8_000_000;
 
 /// `estimatesmartfee` answers, BTC/kvB, by confirmation target (at most this many blocks).
-pub const FEE_RATES: [(u64, f64); 3] = [(2, 0.0002), (6, 0.0001), (u64::MAX, 0.00005)];
+const FEE_RATES: [(u64, f64); 3] = [(2, 0.0002), (6, 0.0001), (u64::MAX, 0.00005)];
 /// `minrelaytxfee`, `mempoolminfee`, `incrementalrelayfee` and `relayfee`, BTC/kvB.
 pub const MIN_FEE: f64 = 0.00001;
+
+/// The `estimatesmartfee` feerate for a confirmation target.
+pub fn fee_rate(target: u64) -> f64 {
+    FEE_RATES
+        .iter()
+        .find(|(max, _)| target.max(1) <= *max)
+        .map(|(_, r)| *r)
+        .unwrap_or(MIN_FEE)
+}
 
 /// A consistent picture of the chain as the node serves it at one moment.
 #[derive(Debug, Clone, Default)]
@@ -574,13 +583,7 @@ fn dispatch(inner: &Inner, method: &str, params: &[Value]) -> RpcResult {
                 // call to find out whether the method exists.
                 return err(-1, "estimatesmartfee conf_target ( \"estimate_mode\" )");
             };
-            let target = target.max(1);
-            let rate = FEE_RATES
-                .iter()
-                .find(|(max, _)| target <= *max)
-                .map(|(_, r)| *r)
-                .unwrap_or(MIN_FEE);
-            Ok(json!({"feerate": rate, "blocks": target}))
+            Ok(json!({"feerate": fee_rate(target), "blocks": target.max(1)}))
         }
         "sendrawtransaction" => {
             let hex = param_str(params, 0, "hexstring")?;
