@@ -263,6 +263,9 @@ impl Upstream {
     }
 }
 
+/// An upstream candidate for a read: upstream, connection, (out of step, lag), score.
+type Ranked = (Arc<Upstream>, Client, (bool, u32), f64);
+
 /// What the pool learned about a server, saved in the data directory.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Learned {
@@ -426,7 +429,7 @@ impl Pool {
     /// verified tip before the others, the least behind first; then by score. For reads that depend on the tip
     /// (`tip_dependent`), only upstreams in step.
     pub fn ranked_for(&self, tip_dependent: bool) -> Vec<(Arc<Upstream>, Client)> {
-        let mut v: Vec<(Arc<Upstream>, Client, (bool, u32), f64)> = self
+        let mut v: Vec<Ranked> = self
             .upstreams
             .iter()
             .filter(|u| !u.cordoned.load(Ordering::Relaxed))

@@ -537,11 +537,13 @@ impl Router {
     }
 }
 
-/// True for a node's "I have this transaction already" rejection.
+/// True for a node's "I have this transaction already" rejection. Bitcoin Core 28 and
+/// later say "Transaction outputs already in utxo set" for a confirmed transaction.
 pub fn is_already_known(e: &RpcError) -> bool {
     let m = e.message.to_ascii_lowercase();
     m.contains("already known")
         || m.contains("already-known")
+        || m.contains("already in utxo set")
         || m.contains("already in block chain")
         || m.contains("already in the block chain")
         || m.contains("txn-already-in-mempool")
@@ -651,6 +653,10 @@ mod tests {
         assert!(is_already_known(&RpcError::new(
             2,
             "Transaction already in block chain"
+        )));
+        assert!(is_already_known(&RpcError::new(
+            1,
+            "the transaction was rejected by network rules.\n\nTransaction outputs already in utxo set\n[02...]"
         )));
         assert!(!is_already_known(&RpcError::new(
             2,
