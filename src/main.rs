@@ -113,11 +113,16 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(format: &str) {
+/// Logs go to stderr: `RUST_LOG` sets the level, else `default_level`; colours only on a
+/// terminal.
+fn init_logging(format: &str, default_level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -141,6 +146,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = gw.ws_addr() {
         eprintln!("electrum-gateway listening on ws://{a}");
+    }
+    if let Some(a) = gw.http_addr() {
+        eprintln!("electrum-gateway HTTP on http://{a}/ (status page, /metrics, /health, /admin)");
     }
     wait_for_signal().await;
     gw.shutdown();
@@ -196,6 +204,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(a) = gw.tls_addr() {
         println!("Gateway over TLS:     ssl://{a} (self-signed certificate)");
     }
+    if let Some(a) = gw.http_addr() {
+        println!("Status page:          http://{a}/  (metrics at /metrics)");
+    }
     println!("Mine a block on the simulated network:");
     if let Some(u) = sim.urls().first() {
         println!(
@@ -212,7 +223,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // The one-shot tools print results on stdout; only warnings belong on stderr there.
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Call(_)) | Some(Command::Subscribe(_)) | Some(Command::Spider(_))
+    );
+    init_logging(&cli.log_format, if quiet { "warn" } else { "info" });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -241,6 +241,13 @@ impl Router {
             Ok(raw) => match pool.consensus().check(&method, &params, &raw) {
                 Verdict::Proven => Ok(raw),
                 Verdict::Unverifiable(why) => Err(ClientError::Protocol(why)),
+                // An upstream not in step (on another branch during a reorganisation, or far
+                // behind) may prove its own chain correctly: its answer is dropped, not held
+                // against it.
+                Verdict::False(e) if !up.in_step() => Err(ClientError::Protocol(format!(
+                    "answer from an upstream out of step failed verification ({})",
+                    e.reason()
+                ))),
                 Verdict::False(e) => {
                     pool.penalize(&up, e.reason());
                     Err(ClientError::Protocol(format!(
@@ -424,9 +431,22 @@ impl Router {
                 .map(client_error_to_rpc)
                 .unwrap_or_else(|| unavailable("every upstream failed")));
         }
+        // A block may reach one upstream before another: when answers differ, only the
+        // upstreams least behind the verified tip vote (and only they can be outvoted); the
+        // others' answers may simply be a block old.
+        let lag_of = |u: &Upstream| u.standing().lag;
+        let freshest = votes
+            .values()
+            .flatten()
+            .map(|(u, _)| lag_of(u))
+            .min()
+            .unwrap_or(0);
+        let fresh = |v: &Voters| v.iter().filter(|(u, _)| lag_of(u) == freshest).count();
+        let fresh_total: usize = votes.values().map(fresh).sum();
         let winner = votes
             .iter()
-            .find(|(_, v)| v.len() * 2 > ok)
+            .find(|(_, v)| fresh(v) * 2 > fresh_total)
+            .or_else(|| votes.iter().find(|(_, v)| v.len() * 2 > ok))
             .map(|(k, _)| k.clone());
         if votes.len() > 1 {
             self.stats
@@ -447,7 +467,7 @@ impl Router {
         };
         for (key, voters) in &votes {
             if *key != winner {
-                for (up, _) in voters {
+                for (up, _) in voters.iter().filter(|(u, _)| lag_of(u) == freshest) {
                     self.pool.penalize(up, "vote_minority");
                 }
             }
