@@ -771,6 +771,7 @@ impl Pool {
             .collect();
         self.consensus.break_tie(&announced);
         let max_lag = self.consensus.max_lag();
+        let best = self.consensus.tip().height;
         for up in &self.upstreams {
             let Some(tip) = up.tip() else { continue };
             let lag = self.consensus.standing_of(&tip);
@@ -782,8 +783,16 @@ impl Pool {
                     let demote = match lag {
                         Some(l) if l > max_lag => Some(Some("lag")),
                         Some(_) => Some(None),
-                        // Not on the best chain: ahead (being linked) or on a branch; the
-                        // placement decides.
+                        // Not on the best chain and not ahead of it: on another branch (the
+                        // best chain may just have switched away from it). Ahead: being
+                        // linked, the placement decides.
+                        // A demotion with a reason of its own (bad headers) stays.
+                        None if tip.height <= best
+                            && !st.linking
+                            && matches!(st.demoted, None | Some("lag")) =>
+                        {
+                            Some(Some("fork"))
+                        }
                         None => None,
                     };
                     (was != st.on_best, demote)
