@@ -68,6 +68,10 @@ const MAX_HISTORY_LOOKUPS: usize = 3;
 /// Upstream requests one page keeps in flight at once.
 const CONCURRENCY: usize = 8;
 
+/// Explorer pages rendered at once; more wait their turn (within the page timeout), so a flood
+/// of page loads cannot multiply the load on upstreams that wallets depend on.
+static PAGES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+
 /// A rendered explorer page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -118,6 +122,8 @@ pub async fn answer(ctx: &Ctx, path: &str, query: Option<&str>) -> Page {
     let timeout = crate::config::secs(ctx.cfg.limits.request_timeout_secs);
     let work = async {
         let target = target(ctx.network, path, query)?;
+        // The semaphore is never closed; should it be, pages simply go unlimited.
+        let _turn = PAGES.acquire().await.ok();
         render(ctx, &nav, target).await
     };
     let (status, title, body) = match tokio::time::timeout(timeout, work).await {
@@ -697,13 +703,18 @@ async fn block_page(
          <p><span id=\"header-verified\" class=\"badge ok\">in the verified chain</span> \
          <span class=\"muted\">linked to genesis, proof of work and difficulty checked by \
          the gateway</span></p></section>\
-         <section><h2>Transactions</h2>\
+         <section><h2>Transactions{range}</h2>\
          <p class=\"muted\">Each listed with a merkle proof checked against this header.</p>\
          <table id=\"txs\"><thead><tr><th class=\"num\">#</th><th>txid</th><th></th></tr>\
          </thead><tbody>{tx_rows}</tbody></table>{error}<div class=\"pager\">{pager}</div>\
          </section>",
         height = b.height,
         table = kv_table(&rows),
+        range = if from > 0 {
+            format!(" from position {from}")
+        } else {
+            String::new()
+        },
     );
     Ok((format!("Block {}", b.height), body))
 }
@@ -1103,7 +1114,7 @@ async fn address_page(
             format!(
                 "<div class=\"cards\">{}{}{}</div>",
                 card("confirmed", "confirmed balance", confirmed),
-                card("unconfirmed", "unconfirmed change", unconfirmed),
+                card("unconfirmed", "unconfirmed", unconfirmed),
                 card("total", "total", confirmed.saturating_add(unconfirmed)),
             )
         }
