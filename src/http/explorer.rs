@@ -686,7 +686,7 @@ async fn block_page(
             pager,
             "<a id=\"txs-next\" href=\"{}?from={}\">next {TXS_PER_PAGE} →</a>",
             esc(&nav.block(&b.height.to_string())),
-            from + TXS_PER_PAGE
+            from.saturating_add(TXS_PER_PAGE)
         );
     }
     let error = txs
