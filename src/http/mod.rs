@@ -7,6 +7,7 @@
 //! | `GET /status` | JSON: upstreams, tips, latencies, sessions, subscriptions, recent events |
 //! | `GET /` | the status page (self-contained HTML that refreshes itself from `/status`) |
 //! | `POST /admin` (also `POST /`) | the admin JSON-RPC 2.0 API ([`admin`]) |
+//! | `GET /explorer`, `/explorer/...` | the block explorer ([`explorer`]) |
 //!
 //! One small hand-written router in front of jsonrpsee's tower service: the read-only routes
 //! are four `match` arms, and jsonrpsee already brings hyper, so no web framework is needed.
@@ -17,6 +18,7 @@
 //! their `Host` header, so a web page cannot reach the API through DNS rebinding.
 
 pub mod admin;
+pub mod explorer;
 pub mod status;
 
 use bytes::Bytes;
@@ -264,6 +266,12 @@ where
                 }
                 let mut rpc = self.rpc.clone();
                 Box::pin(async move { rpc.call(req).await })
+            }
+            Method::GET | Method::HEAD if explorer::handles(path) => {
+                let ctx = self.ctx.clone();
+                let path = path.to_string();
+                let query = req.uri().query().map(str::to_string);
+                Box::pin(async move { Ok(explorer::serve(&ctx, &path, query.as_deref()).await) })
             }
             Method::GET | Method::HEAD => ready(self.get(path)),
             _ => {
