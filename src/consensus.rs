@@ -146,6 +146,11 @@ impl Consensus {
         })
     }
 
+    /// The sync target as a watch (highest tip height an upstream announced).
+    pub fn target_watch(&self) -> watch::Receiver<u32> {
+        self.target.subscribe()
+    }
+
     /// Highest tip height announced by an upstream (what the header sync aims for).
     pub fn target(&self) -> u32 {
         *self.target.borrow()
@@ -396,6 +401,17 @@ impl Consensus {
                     // Made progress; loop until the announced tip itself is placed.
                     back = 0;
                     let now = self.with_chain(|c| c.height());
+                    if tip.height.saturating_sub(ours) > 2016 && now / 2016 % 10 == 0 {
+                        tracing::info!(
+                            height = now,
+                            target = tip.height,
+                            percent = format!(
+                                "{:.1}",
+                                f64::from(now) * 100.0 / f64::from(tip.height.max(1))
+                            ),
+                            "header sync"
+                        );
+                    }
                     if now == ours && self.standing_of(tip).is_none() {
                         // Nothing new (the chunk was known): the tip is on another branch.
                         return Placement::Side;

@@ -131,6 +131,40 @@ fn init_logging(format: &str, default_level: &str) {
     }
 }
 
+/// Draws the header sync's progress on a terminal while a first sync is far from done
+/// (more than a retarget period behind); logs carry it elsewhere.
+async fn sync_progress_bar(consensus: std::sync::Arc<electrum_gateway::consensus::Consensus>) {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let mut tips = consensus.tip_watch();
+    let mut targets = consensus.target_watch();
+    let mut drawn = false;
+    loop {
+        let (height, target) = consensus.progress();
+        if target.saturating_sub(height) > 2016 || (drawn && height < target) {
+            let frac = f64::from(height) / f64::from(target.max(1));
+            let filled = (frac * 40.0) as usize;
+            eprint!(
+                "\rheaders [{}{}] {height}/{target} {:5.1}%",
+                "#".repeat(filled),
+                " ".repeat(40 - filled.min(40)),
+                frac * 100.0
+            );
+            let _ = std::io::stderr().flush();
+            drawn = true;
+        } else if drawn {
+            eprintln!("\rheaders synced at {height}{}", " ".repeat(50));
+            drawn = false;
+        }
+        tokio::select! {
+            r = tips.changed() => if r.is_err() { return },
+            r = targets.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -150,6 +184,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(a) = gw.http_addr() {
         eprintln!("electrum-gateway HTTP on http://{a}/ (status page, /metrics, /health, /admin)");
     }
+    tokio::spawn(sync_progress_bar(gw.ctx().pool.consensus().clone()));
     wait_for_signal().await;
     gw.shutdown();
     Ok(())
