@@ -14,7 +14,6 @@ use bitcoin::consensus::encode::deserialize;
 use bitcoin::hex::FromHex;
 use browser::Browser;
 use common::WAIT;
-use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
 use electrum_gateway::sim::{Faults, Sim, SimConfig, ADDRESSES};
 use serde_json::{json, Value};
@@ -163,18 +162,7 @@ impl Net {
     /// A gateway in front of the given upstream URLs, which serve `sim`'s chain.
     async fn in_front_of(sim: Sim, upstreams: Vec<String>) -> Net {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config {
-            network: "regtest".into(),
-            data_dir: dir.path().to_path_buf(),
-            ..Config::default()
-        };
-        cfg.upstreams.servers = upstreams;
-        cfg.upstreams.use_server_list = false;
-        cfg.upstreams.reconnect_initial_secs = 0.05;
-        cfg.upstreams.reconnect_max_secs = 0.5;
-        cfg.upstreams.request_timeout_secs = 5.0;
-        cfg.listen.tcp = "127.0.0.1:0".into();
-        cfg.listen.tls = String::new();
+        let mut cfg = common::test_config(upstreams, dir.path());
         cfg.listen.http = "127.0.0.1:0".into();
         let gw = Gateway::start(cfg).await.unwrap();
         let http = gw.http_addr().expect("HTTP listener");

@@ -3,94 +3,12 @@
 
 mod common;
 
-use common::{Wallet, WAIT};
+use common::{Net, Wallet, WAIT};
 use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
 use electrum_gateway::sim::{Sim, SimConfig, ADDRESSES};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::time::Duration;
-
-struct Net {
-    sim: Sim,
-    gw: Gateway,
-    _dir: tempfile::TempDir,
-}
-
-impl Net {
-    async fn start(endpoints: &[&str]) -> Net {
-        Self::start_with(endpoints, |_| {}).await
-    }
-
-    async fn start_with(endpoints: &[&str], tweak: impl FnOnce(&mut Config)) -> Net {
-        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config {
-            network: "regtest".into(),
-            data_dir: dir.path().to_path_buf(),
-            ..Config::default()
-        };
-        cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
-        cfg.upstreams.use_server_list = false;
-        cfg.upstreams.reconnect_initial_secs = 0.05;
-        cfg.upstreams.reconnect_max_secs = 0.5;
-        cfg.upstreams.request_timeout_secs = 5.0;
-        cfg.listen.tcp = "127.0.0.1:0".into();
-        cfg.listen.tls = String::new();
-        cfg.listen.http = String::new();
-        cfg.routing.hedge_min_ms = 50;
-        cfg.routing.hedge_max_ms = 500;
-        tweak(&mut cfg);
-        let gw = Gateway::start(cfg).await.unwrap();
-        let net = Net { sim, gw, _dir: dir };
-        net.wait_tip(net.sim.tip_height()).await;
-        net
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.gw.tcp_addr().unwrap()
-    }
-
-    async fn wallet(&self) -> Wallet {
-        let mut w = Wallet::connect(self.addr()).await;
-        let v = w
-            .call("server.version", json!(["test-wallet", ["1.4", "1.6"]]))
-            .await;
-        assert_eq!(v[1], "1.6");
-        w
-    }
-
-    /// Waits until the gateway's best tip reaches `height`.
-    async fn wait_tip(&self, height: u32) {
-        let mut rx = self.gw.ctx().pool.tip_watch();
-        tokio::time::timeout(
-            WAIT,
-            rx.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
-        )
-        .await
-        .expect("gateway never reached the tip")
-        .unwrap();
-    }
-
-    /// Upstream subscriptions to scripthashes, summed over the sim's endpoints.
-    fn upstream_subs(&self, n: usize) -> usize {
-        (0..n).map(|i| self.sim.subscriptions(i)).sum()
-    }
-
-    /// Polls an observable condition (no event exists for it) until true.
-    async fn until(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !cond() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 const THREE: [&str; 3] = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"];
 

@@ -254,18 +254,10 @@ impl Net {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config {
-            network: "regtest".into(),
-            data_dir: dir.path().to_path_buf(),
-            ..Config::default()
-        };
-        cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
-        cfg.upstreams.use_server_list = false;
-        cfg.upstreams.reconnect_initial_secs = 0.05;
-        cfg.upstreams.reconnect_max_secs = 0.5;
-        cfg.upstreams.request_timeout_secs = 5.0;
-        cfg.listen.tcp = "127.0.0.1:0".into();
-        cfg.listen.tls = String::new();
+        let mut cfg = common::test_config(
+            sim.urls().iter().map(|u| u.to_string()).collect(),
+            dir.path(),
+        );
         cfg.listen.http = "127.0.0.1:0".into();
         let gw = Gateway::start(cfg).await.unwrap();
         let http = gw.http_addr().expect("HTTP listener");

@@ -4,84 +4,22 @@
 
 mod common;
 
-use common::{Wallet, WAIT};
+use common::{Net, Wallet};
 use electrum_gateway::chain::{check_header_proof, check_merkle};
 use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
-use electrum_gateway::sim::{Faults, Sim, SimConfig, ADDRESSES};
+use electrum_gateway::sim::{Faults, ADDRESSES};
 use serde_json::{json, Value};
 use std::str::FromStr;
-use std::time::Duration;
 
-struct Net {
-    sim: Sim,
-    gw: Gateway,
-    _dir: tempfile::TempDir,
+/// What these tests ask of the gateway besides what `Net` offers.
+trait Inspect {
+    fn standing(&self, i: usize) -> electrum_gateway::consensus::Standing;
+    fn failures(&self, reason: &str) -> u64;
+    fn clear_faults(&self, i: usize);
 }
 
-impl Net {
-    async fn start(endpoints: &[&str]) -> Net {
-        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config {
-            network: "regtest".into(),
-            data_dir: dir.path().to_path_buf(),
-            ..Config::default()
-        };
-        cfg.upstreams.servers = sim.urls().iter().map(|u| u.to_string()).collect();
-        cfg.upstreams.active = endpoints.len();
-        cfg.upstreams.use_server_list = false;
-        cfg.upstreams.reconnect_initial_secs = 0.05;
-        cfg.upstreams.reconnect_max_secs = 0.5;
-        cfg.upstreams.request_timeout_secs = 5.0;
-        cfg.listen.tcp = "127.0.0.1:0".into();
-        cfg.listen.tls = String::new();
-        cfg.listen.http = String::new();
-        cfg.routing.hedge_min_ms = 50;
-        cfg.routing.hedge_max_ms = 500;
-        cfg.verify.penalty_secs = 0.3;
-        let gw = Gateway::start(cfg).await.unwrap();
-        let net = Net { sim, gw, _dir: dir };
-        let height = net.sim.tip_height();
-        let mut rx = net.gw.ctx().pool.tip_watch();
-        tokio::time::timeout(
-            WAIT,
-            rx.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
-        )
-        .await
-        .expect("verified tip reached")
-        .unwrap();
-        net
-    }
-
-    async fn wallet(&self) -> Wallet {
-        let mut w = Wallet::connect(self.gw.tcp_addr().unwrap()).await;
-        w.call("server.version", json!(["verify-test", ["1.4", "1.6"]]))
-            .await;
-        w
-    }
-
-    /// Polls an observable condition (nothing announces it) until true.
-    async fn until(&self, what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !cond() {
-            if tokio::time::Instant::now() >= deadline {
-                for u in self.gw.ctx().pool.upstreams() {
-                    eprintln!(
-                        "upstream {} {:?} tip={:?}",
-                        u.id,
-                        u.standing(),
-                        u.tip().map(|t| t.height)
-                    );
-                }
-                panic!("timed out waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
+impl Inspect for Net {
     fn standing(&self, i: usize) -> electrum_gateway::consensus::Standing {
         self.gw.ctx().pool.upstreams()[i].standing()
     }

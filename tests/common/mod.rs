@@ -9,6 +9,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use electrum_gateway::config::Config;
+use electrum_gateway::gateway::Gateway;
+use electrum_gateway::sim::{Sim, SimConfig};
+
 /// Generous bound for anything a test awaits; only hit when something is broken.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -146,6 +150,113 @@ impl Wallet {
             } else {
                 self.notifications.push_back(m);
             }
+        }
+    }
+}
+
+/// The configuration tests run a gateway with: regtest, every listener on a free loopback port
+/// or off, quick reconnects, short timeouts and sit-outs.
+pub fn test_config(upstreams: Vec<String>, data_dir: &std::path::Path) -> Config {
+    let mut cfg = Config {
+        network: "regtest".into(),
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
+    cfg.upstreams.active = upstreams.len().max(1);
+    cfg.upstreams.servers = upstreams;
+    cfg.upstreams.use_server_list = false;
+    cfg.upstreams.reconnect_initial_secs = 0.05;
+    cfg.upstreams.reconnect_max_secs = 0.5;
+    cfg.upstreams.request_timeout_secs = 5.0;
+    cfg.listen.tcp = "127.0.0.1:0".into();
+    cfg.listen.tls = String::new();
+    cfg.listen.http = String::new();
+    cfg.routing.hedge_min_ms = 50;
+    cfg.routing.hedge_max_ms = 500;
+    cfg.verify.penalty_secs = 0.3;
+    cfg
+}
+
+/// A gateway in front of simulated upstreams.
+pub struct Net {
+    /// The simulated upstreams.
+    pub sim: Sim,
+    /// The gateway.
+    pub gw: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+impl Net {
+    /// A gateway in front of the sim's endpoints (`ADDR[,FAULT...]` each), once its verified
+    /// tip is the sim's.
+    pub async fn start(endpoints: &[&str]) -> Net {
+        Self::start_with(endpoints, |_| {}).await
+    }
+
+    /// Same, with the configuration changed by `tweak` first.
+    pub async fn start_with(endpoints: &[&str], tweak: impl FnOnce(&mut Config)) -> Net {
+        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let urls = sim.urls().iter().map(|u| u.to_string()).collect();
+        let mut cfg = test_config(urls, dir.path());
+        tweak(&mut cfg);
+        let gw = Gateway::start(cfg).await.unwrap();
+        let net = Net { sim, gw, _dir: dir };
+        net.wait_tip(net.sim.tip_height()).await;
+        net
+    }
+
+    /// The gateway's TCP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.gw.tcp_addr().unwrap()
+    }
+
+    /// A connected wallet that negotiated protocol 1.6.
+    pub async fn wallet(&self) -> Wallet {
+        let mut w = Wallet::connect(self.addr()).await;
+        let v = w
+            .call("server.version", json!(["test-wallet", ["1.4", "1.6"]]))
+            .await;
+        assert_eq!(v[1], "1.6");
+        w
+    }
+
+    /// Waits until the gateway's verified tip reaches `height`.
+    pub async fn wait_tip(&self, height: u32) {
+        let mut rx = self.gw.ctx().pool.tip_watch();
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
+        )
+        .await
+        .expect("the gateway never reached the tip")
+        .unwrap();
+    }
+
+    /// Upstream subscriptions to scripthashes, summed over the sim's first `n` endpoints.
+    pub fn upstream_subs(&self, n: usize) -> usize {
+        (0..n).map(|i| self.sim.subscriptions(i)).sum()
+    }
+
+    /// Polls an observable condition that no event announces until it holds; on a timeout
+    /// prints each upstream's standing, then fails.
+    pub async fn until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !cond() {
+            if tokio::time::Instant::now() >= deadline {
+                for u in self.gw.ctx().pool.upstreams() {
+                    eprintln!(
+                        "upstream {} {:?} tip={:?}",
+                        u.id,
+                        u.standing(),
+                        u.tip().map(|t| t.height)
+                    );
+                }
+                panic!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }
