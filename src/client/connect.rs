@@ -17,10 +17,10 @@ use super::{ClientConfig, ClientError, ProxyConfig};
 use crate::transport::{frame_lines, frame_ws, Framed};
 
 /// Any byte stream the layers can be stacked on.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-type BoxIo = Box<dyn Io>;
+pub(crate) type BoxIo = Box<dyn Io>;
 
 /// Opens a framed connection to the configured server, within the connect timeout.
 pub(crate) async fn dial(config: &ClientConfig) -> Result<Framed, ClientError> {
@@ -67,7 +67,8 @@ fn effective_proxy(config: &ClientConfig) -> Option<ProxyConfig> {
     }
 }
 
-async fn open_stream(config: &ClientConfig) -> Result<BoxIo, ClientError> {
+/// Opens the TCP stream to `config.server`, directly or through the SOCKS5 proxy (remote DNS).
+pub(crate) async fn open_stream(config: &ClientConfig) -> Result<BoxIo, ClientError> {
     let url = &config.server;
     let Some(proxy) = effective_proxy(config) else {
         let tcp = TcpStream::connect((url.host.as_str(), url.port))

@@ -43,7 +43,7 @@
 //! ```
 
 mod conn;
-mod connect;
+pub(crate) mod connect;
 pub mod tls;
 
 use futures::future::{self, BoxFuture};

@@ -7,21 +7,18 @@
 //! offline ([`classify`]): first as a web PKI chain for the host name, then, failing that, by
 //! whether the certificate issued itself.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::{CertificateError, RootCertStore};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_socks::tcp::Socks5Stream;
 
 use crate::client::tls::fingerprint;
-use crate::client::ProxyConfig;
+use crate::client::{ClientConfig, ProxyConfig, TlsMode};
 use crate::transport::ServerUrl;
 
 /// The kind of certificate.
@@ -213,48 +210,6 @@ fn issuer_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((issuer.whole, subject.whole))
 }
 
-/// Accepts any certificate (we only want to look at it) but checks handshake signatures, so
-/// the server holds the key of the certificate it shows.
-#[derive(Debug)]
-struct AcceptAny {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 /// Why [`fetch_chain`] failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -287,37 +242,19 @@ async fn fetch_inner(
     url: &ServerUrl,
     proxy: Option<&ProxyConfig>,
 ) -> Result<Vec<CertificateDer<'static>>, FetchError> {
-    let tor = ProxyConfig::tor();
-    let proxy = proxy.or(url.is_onion().then_some(&tor));
-    let tcp = match proxy {
-        None => TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| FetchError::Connect(format!("{}: {e}", url.authority())))?,
-        Some(p) => {
-            let target = (url.host.as_str(), url.port);
-            let s = match &p.username {
-                Some(user) => {
-                    let password = p.password.as_deref().unwrap_or("");
-                    Socks5Stream::connect_with_password(p.addr.as_str(), target, user, password)
-                        .await
-                }
-                None => Socks5Stream::connect(p.addr.as_str(), target).await,
-            };
-            s.map_err(|e| FetchError::Connect(format!("SOCKS5 proxy {}: {e}", p.addr)))?
-                .into_inner()
-        }
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let algorithms = provider.signature_verification_algorithms;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FetchError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny { algorithms }))
-        .with_no_client_auth();
+    // The client's own dialing (direct, or SOCKS5 with remote DNS; `.onion` through Tor) and
+    // its unverified TLS mode: the certificate is only looked at here, not trusted, but the
+    // handshake signatures are checked, so the server holds the key of what it shows.
+    let mut cfg = ClientConfig::new(url.clone());
+    cfg.proxy = proxy.cloned();
+    let tcp = crate::client::connect::open_stream(&cfg)
+        .await
+        .map_err(|e| FetchError::Connect(e.to_string()))?;
+    let (config, _) = crate::client::tls::client_config(&TlsMode::Insecure, &url.authority())
+        .map_err(|e| FetchError::Tls(e.to_string()))?;
     let name =
         crate::client::tls::server_name(&url.host).map_err(|e| FetchError::Tls(e.to_string()))?;
-    let mut tls = TlsConnector::from(Arc::new(config))
+    let mut tls = TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| FetchError::Tls(e.to_string()))?;
