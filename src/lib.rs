@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod gateway;
