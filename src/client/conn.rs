@@ -765,7 +765,14 @@ async fn write_loop(mut sink: FrameSink, mut rx: mpsc::UnboundedReceiver<String>
         if let Err(e) = sink.feed(line).await {
             return format!("write failed: {e}");
         }
-        // Send whatever else is queued in the same flush.
+        // Send whatever else is queued in the same flush, after letting the callers that
+        // are ready to run queue their lines too.
+        while let Ok(line) = rx.try_recv() {
+            if let Err(e) = sink.feed(line).await {
+                return format!("write failed: {e}");
+            }
+        }
+        tokio::task::yield_now().await;
         while let Ok(line) = rx.try_recv() {
             if let Err(e) = sink.feed(line).await {
                 return format!("write failed: {e}");
