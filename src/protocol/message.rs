@@ -125,7 +125,8 @@ impl Response {
 
     /// Serializes to one JSON-RPC 2.0 line (without the trailing newline).
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(48);
+        let len = self.result.as_ref().map(|r| r.get().len()).unwrap_or(64);
+        let mut s = String::with_capacity(len + 48);
         s.push_str(r#"{"jsonrpc":"2.0","#);
         match &self.result {
             Ok(raw) => {
@@ -384,11 +385,14 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
             .collect();
         return Ok(Incoming::Batch(out));
     }
-    let value: Box<RawValue> =
-        serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
-    let w: Wire = serde_json::from_str(value.get()).map_err(|e| {
-        // Valid JSON that is not an object (or has wrongly typed fields).
-        ParseError::Invalid(None, e.to_string())
+    // One pass over the text; only a line that fails is looked at again, to tell bad JSON
+    // from JSON that is not a message.
+    let w: Wire = serde_json::from_str(text).map_err(|e| {
+        match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(json) => ParseError::Json(json.to_string()),
+            // Valid JSON that is not an object (or has wrongly typed fields).
+            Ok(_) => ParseError::Invalid(None, e.to_string()),
+        }
     })?;
     from_wire(w)
         .map(Incoming::Single)
