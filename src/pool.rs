@@ -196,6 +196,11 @@ impl Upstream {
         self.tip.read().ok()?.clone()
     }
 
+    /// The height of [`Upstream::tip`], without copying the header.
+    fn tip_height(&self) -> Option<u32> {
+        self.tip.read().ok()?.as_ref().map(|t| t.height)
+    }
+
     /// A copy of the measurements.
     pub fn stats(&self) -> Stats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
@@ -409,6 +414,15 @@ impl Pool {
         self.best_tip.borrow().clone()
     }
 
+    /// The height of the best tip (0 before any).
+    fn best_height(&self) -> u32 {
+        self.best_tip
+            .borrow()
+            .as_ref()
+            .map(|t| t.height)
+            .unwrap_or(0)
+    }
+
     /// The network the pool serves.
     pub fn network(&self) -> bitcoin::Network {
         self.network
@@ -417,14 +431,14 @@ impl Pool {
     /// Usable upstreams, best first: connected and not cordoned; those at the best tip
     /// before those behind it; then by score.
     pub fn ranked(&self) -> Vec<(Arc<Upstream>, Client)> {
-        let best = self.best_tip().map(|t| t.height).unwrap_or(0);
+        let best = self.best_height();
         let mut v: Vec<(Arc<Upstream>, Client, bool, f64)> = self
             .upstreams
             .iter()
             .filter(|u| !u.cordoned.load(Ordering::Relaxed))
             .filter_map(|u| {
                 let c = u.client()?;
-                let behind = u.tip().map(|t| t.height < best).unwrap_or(true);
+                let behind = u.tip_height().map(|h| h < best).unwrap_or(true);
                 Some((u.clone(), c, behind, u.score()))
             })
             .collect();
@@ -439,10 +453,10 @@ impl Pool {
         if ranked.is_empty() {
             return None;
         }
-        let best = self.best_tip().map(|t| t.height).unwrap_or(0);
+        let best = self.best_height();
         let current: Vec<_> = ranked
             .iter()
-            .filter(|(u, _)| u.tip().map(|t| t.height >= best).unwrap_or(false))
+            .filter(|(u, _)| u.tip_height().map(|h| h >= best).unwrap_or(false))
             .collect();
         let set: Vec<_> = if current.is_empty() {
             ranked.iter().collect()
