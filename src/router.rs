@@ -123,6 +123,21 @@ fn keep_telling(slot: &mut Option<ClientError>, e: ClientError) {
     }
 }
 
+/// Counts a quorum's answers: the most common one and how many distinct answers there
+/// were. Byte-identical answers (the usual case) agree without being read again; otherwise
+/// they are compared in canonical form, so key order and spacing do not count.
+fn tally(answers: Vec<Box<RawValue>>) -> (Option<Box<RawValue>>, usize) {
+    let same = answers.windows(2).all(|w| w[0].get() == w[1].get());
+    let mut votes: HashMap<String, (usize, Box<RawValue>)> = HashMap::new();
+    for raw in answers {
+        let key = if same { String::new() } else { canonical(&raw) };
+        votes.entry(key).or_insert((0, raw)).0 += 1;
+    }
+    let distinct = votes.len();
+    let best = votes.into_values().max_by_key(|(count, _)| *count);
+    (best.map(|(_, raw)| raw), distinct)
+}
+
 /// The answer to compare for a quorum: canonical JSON (object keys sorted).
 fn canonical(raw: &RawValue) -> String {
     match serde_json::from_str::<Value>(raw.get()) {
@@ -257,33 +272,24 @@ impl Router {
         params: Vec<Value>,
     ) -> Result<Box<RawValue>, RpcError> {
         let answers = self.ask_many(self.quorum, method, &params).await;
-        let mut votes: HashMap<String, (usize, Box<RawValue>)> = HashMap::new();
         let mut first_error = None;
-        let mut ok = 0;
+        let mut oks = Vec::with_capacity(answers.len());
         for (_, res) in answers {
             match res {
-                Ok(raw) => {
-                    ok += 1;
-                    let entry = votes.entry(canonical(&raw)).or_insert((0, raw));
-                    entry.0 += 1;
-                }
+                Ok(raw) => oks.push(raw),
                 Err(e) => keep_telling(&mut first_error, e),
             }
         }
-        if votes.len() > 1 {
+        let ok = oks.len();
+        let (best, distinct) = tally(oks);
+        if distinct > 1 {
             self.stats
                 .disagreements
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                method,
-                answers = ok,
-                distinct = votes.len(),
-                "quorum disagreement"
-            );
+            tracing::warn!(method, answers = ok, distinct, "quorum disagreement");
         }
-        let best = votes.into_values().max_by_key(|(count, _)| *count);
         match best {
-            Some((_, raw)) => Ok(raw),
+            Some(raw) => Ok(raw),
             None => Err(first_error
                 .map(client_error_to_rpc)
                 .unwrap_or_else(|| unavailable("no upstream is connected"))),
@@ -429,6 +435,24 @@ pub fn median_value(values: &[Value]) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn quorum_tally_counts_equal_answers_as_one() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        let (best, distinct) = tally(vec![raw(r#"{"a":1,"b":2}"#), raw(r#"{"a":1,"b":2}"#)]);
+        assert_eq!((best.unwrap().get(), distinct), (r#"{"a":1,"b":2}"#, 1));
+        // Same content, other key order and spacing: one answer; the odd one out loses.
+        let (best, distinct) = tally(vec![
+            raw(r#"{"a":1,"b":2}"#),
+            raw(r#"{"confirmed":5}"#),
+            raw(r#"{ "b": 2, "a": 1 }"#),
+        ]);
+        assert_eq!(distinct, 2);
+        let best: Value = serde_json::from_str(best.unwrap().get()).unwrap();
+        assert_eq!(best, json!({"a": 1, "b": 2}));
+        assert_eq!(tally(Vec::new()).1, 0);
+        assert!(tally(Vec::new()).0.is_none());
+    }
 
     #[test]
     fn default_policies_fit_a_wallet() {
