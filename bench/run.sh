@@ -9,9 +9,10 @@
 #   DUR=1 WALLETS=100 bench/run.sh   # a quick smoke run
 #
 # Environment: DUR (seconds per throughput run, default 5), WALLETS (default 1000), SUBS
-# (default 10000), PORT_BASE (default 54000), CARGO_TARGET_DIR (default target), OUT (default
-# bench/RESULTS.md). The machine's first CPU runs the load generator, the second runs
-# everything under test (taskset), when there are at least two.
+# (default 10000), PHASES (default "load wallets failover"), PORT_BASE (default 54000),
+# CARGO_TARGET_DIR (default target), OUT (default bench/RESULTS.md). The machine's first CPU
+# runs the load generator, the second runs everything under test (taskset), when there are at
+# least two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -20,6 +21,7 @@ DUR=${DUR:-5}
 WALLETS=${WALLETS:-1000}
 SUBS=${SUBS:-10000}
 P=${PORT_BASE:-54000}
+PHASES=${PHASES:-load wallets failover}
 OUT=${OUT:-$ROOT/bench/RESULTS.md}
 export RUST_BACKTRACE=0 RUST_LOG=${RUST_LOG:-warn}
 
@@ -57,12 +59,13 @@ trap cleanup EXIT
 
 # ---- processes under test ----------------------------------------------------------------
 
-wait_port() { # PORT
+wait_port() { # PORT [NAME]: waits for a listener; shows NAME's log if none comes
   for _ in $(seq 200); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
   echo "nothing listens on port $1" >&2
+  if [ -n "${2:-}" ]; then tail -20 "$WORK/$2.log" >&2; fi
   return 1
 }
 
@@ -97,7 +100,7 @@ start_sim() { # NAME PORT[,FAULTS]...
   local args=()
   for ep in "$@"; do args+=(--listen "127.0.0.1:$ep"); done
   start "$name" "$BIN" sim "${args[@]}"
-  for ep in "$@"; do wait_port "${ep%%,*}"; done
+  for ep in "$@"; do wait_port "${ep%%,*}" "$name"; done
 }
 
 start_haproxy() { # NAME PORT BALANCE BACKEND_PORT...
@@ -121,7 +124,7 @@ start_haproxy() { # NAME PORT BALANCE BACKEND_PORT...
     for b in "$@"; do echo "    server s$b 127.0.0.1:$b check inter 200 fall 1 rise 2"; done
   } >"$WORK/$name.cfg"
   start "$name" haproxy -f "$WORK/$name.cfg" -db
-  wait_port "$port"
+  wait_port "$port" "$name"
 }
 
 start_gateway() { # NAME PORT POLICY BACKEND_PORT...
@@ -150,7 +153,7 @@ start_gateway() { # NAME PORT POLICY BACKEND_PORT...
     fi
   } >"$WORK/$name.toml"
   start "$name" "$BIN" --config "$WORK/$name.toml"
-  wait_port "$port"
+  wait_port "$port" "$name"
   wait_ready "tcp://127.0.0.1:$port"
 }
 
@@ -158,13 +161,20 @@ bench() { # RESULT_NAME ARGS... ; runs the load generator on its CPU, keeps the 
   local name=$1
   shift
   echo "  $name" >&2
-  "${LOAD[@]}" "$BIN" bench --json --label "$name" "$@" >"$RES/$name.json"
+  if ! "${LOAD[@]}" "$BIN" bench --json --label "$name" "$@" >"$RES/$name.json"; then
+    echo "  $name failed; its cells stay empty" >&2
+    rm -f "$RES/$name.json"
+  fi
 }
+
+SIM_PORTS=($((P + 1)) $((P + 2)) $((P + 3)))
+phase() { [[ " $PHASES " == *" $1 "* ]]; }
+WORKLOADS=(mix blockchain.scripthash.get_balance blockchain.block.header blockchain.transaction.get)
 
 # ---- 1. the same load: direct, HAProxy, gateway -------------------------------------------
 
+if phase load; then
 echo "== pass-through load (${DUR}s per run)" >&2
-SIM_PORTS=($((P + 1)) $((P + 2)) $((P + 3)))
 start_sim sim "${SIM_PORTS[@]}"
 SIM=$LAST_PID
 start_haproxy haproxy $((P + 100)) roundrobin "${SIM_PORTS[@]}"
@@ -180,8 +190,6 @@ declare -A TARGET_URL=(
 )
 declare -A TARGET_PID=([direct]=$SIM [haproxy]=$HAP [gateway]=$GW [quorum]=$GWQ)
 TARGETS=(direct haproxy gateway quorum)
-WORKLOADS=(mix blockchain.scripthash.get_balance blockchain.block.header blockchain.transaction.get)
-
 for t in "${TARGETS[@]}"; do
   for m in mix blockchain.scripthash.get_balance; do
     bench "lat-$t-$m" --server "${TARGET_URL[$t]}" --pid "${TARGET_PID[$t]}" \
@@ -193,9 +201,11 @@ for t in "${TARGETS[@]}"; do
   done
 done
 stop "$GW" "$GWQ" "$HAP" "$SIM"
+fi
 
 # ---- 2. wallets: subscriptions, memory, fan-out ----------------------------------------------
 
+if phase wallets; then
 echo "== $WALLETS wallets, $SUBS subscriptions" >&2
 for t in direct haproxy gateway; do
   start_sim sim-$t "${SIM_PORTS[@]}"
@@ -221,9 +231,11 @@ for t in direct haproxy gateway; do
     --subscriptions "$SUBS" --pipeline 10 --rounds 5
   stop "${pids[@]}"
 done
+fi
 
 # ---- 3. failover: kill the upstream in use --------------------------------------------------
 
+if phase failover; then
 echo "== failover" >&2
 A=$((P + 11))
 B=$((P + 12))
@@ -245,6 +257,7 @@ for t in gateway haproxy; do
     --connections 4 --pipeline 1 --duration 5 --method blockchain.scripthash.get_balance
   stop "$front" "$b" "$a"
 done
+fi
 
 # ---- the table -----------------------------------------------------------------------------
 
@@ -316,7 +329,7 @@ TABLE=$WORK/table.md
     "$(j fanout-gateway .errors)"
   row "upstream killed: longest time without an answer (ms)" "-" \
     "$(j fail-haproxy .longest_stall_ms)" "$(j fail-gateway .longest_stall_ms)"
-  row "upstream killed: first answer after the kill (ms)" "-" \
+  row "upstream killed: first answer to a request sent after the kill (ms)" "-" \
     "$(j fail-haproxy .first_answer_after_kill_ms)" "$(j fail-gateway .first_answer_after_kill_ms)"
   row "upstream killed: errors seen by wallets" "-" "$(j fail-haproxy .errors_after_kill)" \
     "$(j fail-gateway .errors_after_kill)"

@@ -37,8 +37,9 @@ struct Outcome {
     ok: u64,
     errors: u64,
     reconnects: u64,
-    /// Times of answers and errors, kept only in `failover` (to find the outage).
-    answered_at: Vec<Instant>,
+    /// (sent, answered) times of answers, and times of errors, kept only in `failover` (to
+    /// find the outage).
+    answered_at: Vec<(Instant, Instant)>,
     failed_at: Vec<Instant>,
 }
 
@@ -138,12 +139,21 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     if let Some(killer) = killer {
         let killed = killer.await??;
-        let mut answered = total.answered_at;
-        answered.sort();
-        let after: Vec<Instant> = answered.into_iter().filter(|t| *t >= killed).collect();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         report.killed_at_s = Some(killed.saturating_duration_since(from).as_secs_f64());
-        report.first_answer_after_kill_ms = after.first().map(|t| ms(*t - killed));
+        report.first_answer_after_kill_ms = total
+            .answered_at
+            .iter()
+            .filter(|(sent, _)| *sent >= killed)
+            .map(|(_, at)| ms(*at - killed))
+            .reduce(f64::min);
+        let mut after: Vec<Instant> = total
+            .answered_at
+            .iter()
+            .map(|(_, at)| *at)
+            .filter(|t| *t >= killed)
+            .collect();
+        after.sort();
         let mut prev = killed;
         let mut stall = Duration::ZERO;
         for t in after.iter().chain(std::iter::once(&window.end)) {
@@ -254,7 +264,7 @@ async fn drive(
                                 }
                                 if track {
                                     if ok {
-                                        out.answered_at.push(now);
+                                        out.answered_at.push((sent, now));
                                     } else {
                                         out.failed_at.push(now);
                                     }

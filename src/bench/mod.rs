@@ -211,7 +211,8 @@ pub struct Report {
     /// Seconds into the measured load at which the upstream was killed (`failover`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub killed_at_s: Option<f64>,
-    /// Milliseconds from the kill to the first answer after it (`failover`).
+    /// Milliseconds from the kill to the first answer to a request sent after it
+    /// (`failover`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_answer_after_kill_ms: Option<f64>,
     /// Longest time without any answer from the kill on, milliseconds (`failover`).
@@ -313,7 +314,7 @@ impl Report {
         }
         if let Some(at) = self.killed_at_s {
             s.push_str(&format!(
-                "  killed pid at {at:.2} s; first answer after {:.1} ms; longest stall {:.1} ms; {} errors after\n",
+                "  killed pid at {at:.2} s; first answer to a later request after {:.1} ms; longest stall {:.1} ms; {} errors after\n",
                 self.first_answer_after_kill_ms.unwrap_or(f64::NAN),
                 self.longest_stall_ms.unwrap_or(f64::NAN),
                 self.errors_after_kill.unwrap_or(0)
