@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod bench;
 pub mod cache;
 pub mod chain;
 pub mod client;

@@ -32,6 +32,8 @@ enum Command {
     Demo(DemoArgs),
     /// Run the simulated Electrum server.
     Sim(electrum_gateway::sim::SimArgs),
+    /// Load a server, proxy or gateway and report requests/s, latency and errors.
+    Bench(electrum_gateway::bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -282,6 +284,7 @@ fn main() -> anyhow::Result<()> {
             }
             Some(Command::Demo(args)) => demo(args).await,
             Some(Command::Sim(args)) => electrum_gateway::sim::run(args).await,
+            Some(Command::Bench(args)) => electrum_gateway::bench::run(args).await,
         }
     })
 }

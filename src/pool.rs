@@ -83,6 +83,10 @@ pub enum PoolEvent {
 }
 
 const LATENCY_SAMPLES: usize = 256;
+/// The cached p90 is recomputed every this many answers (every answer while samples are few).
+const P90_EVERY: u64 = 16;
+/// `Upstream::p90_us` when there are too few samples for a p90.
+const NO_P90: u64 = u64::MAX;
 
 /// Measurements of one upstream.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +123,9 @@ pub struct Upstream {
     conns: Vec<RwLock<Option<Client>>>,
     next_conn: AtomicUsize,
     stats: Mutex<Stats>,
+    /// The p90 of the latency samples in microseconds, kept up to date by `record` so that
+    /// routing reads it without sorting ([`NO_P90`] while there are too few samples).
+    p90_us: AtomicU64,
     tip: RwLock<Option<Tip>>,
     standing: Mutex<Standing>,
     link: LinkGuard,
@@ -136,6 +143,7 @@ impl Upstream {
             conns: (0..conns).map(|_| RwLock::new(None)).collect(),
             next_conn: AtomicUsize::new(0),
             stats: Mutex::new(Stats::default()),
+            p90_us: AtomicU64::new(NO_P90),
             tip: RwLock::new(None),
             standing: Mutex::new(Standing::default()),
             link: LinkGuard::default(),
@@ -236,6 +244,17 @@ impl Upstream {
             s.samples.pop_front();
         }
         s.samples.push_back(ms);
+        if s.samples.len() >= 8 && (s.samples.len() < 32 || s.answered % P90_EVERY == 0) {
+            let mut v = [0f64; LATENCY_SAMPLES];
+            let n = s.samples.len();
+            for (slot, x) in v.iter_mut().zip(s.samples.iter()) {
+                *slot = *x;
+            }
+            let idx = ((n - 1) as f64 * 0.9).round() as usize;
+            let (_, p90, _) = v[..n].select_nth_unstable_by(idx, |a, b| a.total_cmp(b));
+            self.p90_us
+                .store((*p90 * 1000.0).max(0.0) as u64, Ordering::Relaxed);
+        }
     }
 
     /// A latency percentile over recent samples (`q` in 0..=1).
@@ -250,16 +269,21 @@ impl Upstream {
         Some(Duration::from_secs_f64(v[idx] / 1000.0))
     }
 
-    /// The recent p90 latency.
+    /// The recent p90 latency (recomputed every few answers; read on every routed request).
     pub fn p90(&self) -> Option<Duration> {
-        self.percentile(0.9)
+        match self.p90_us.load(Ordering::Relaxed) {
+            NO_P90 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     /// Lower is better: latency inflated by the recent failure rate.
     pub fn score(&self) -> f64 {
-        let s = self.stats();
-        let latency = s.ewma_ms.unwrap_or(100.0);
-        latency * (1.0 + 20.0 * s.error_rate)
+        let (ewma_ms, error_rate) = match self.stats.lock() {
+            Ok(s) => (s.ewma_ms, s.error_rate),
+            Err(_) => (None, 0.0),
+        };
+        ewma_ms.unwrap_or(100.0) * (1.0 + 20.0 * error_rate)
     }
 }
 
@@ -660,6 +684,7 @@ impl Pool {
         if let Ok(mut s) = up.stats.lock() {
             *s = Stats::default();
         }
+        up.p90_us.store(NO_P90, Ordering::Relaxed);
         c.push_back(old);
         true
     }
@@ -886,5 +911,36 @@ impl Pool {
             }
             let _ = tokio::time::timeout(left, events.recv()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_p90_follows_the_samples() {
+        let up = Upstream::new(0, "tcp://127.0.0.1:1".parse().unwrap(), 1);
+        let ok: Result<(), ClientError> = Ok(());
+        for ms in 1..=7 {
+            up.record(&ok, Duration::from_millis(ms));
+        }
+        assert_eq!(up.p90(), None, "too few samples");
+        // Latencies grow by 1 ms per answer, so a cache refreshed every P90_EVERY answers
+        // trails the exact p90 by at most P90_EVERY ms, and never leads it.
+        for ms in 8..=300u64 {
+            up.record(&ok, Duration::from_millis(ms));
+            let cached = up.p90().unwrap();
+            let exact = up.percentile(0.9).unwrap();
+            assert!(
+                cached <= exact && exact - cached <= Duration::from_millis(P90_EVERY),
+                "after {ms}: cached {cached:?}, exact {exact:?}"
+            );
+        }
+        // A transport failure is not a latency sample.
+        let failed: Result<(), ClientError> = Err(ClientError::Timeout);
+        let before = up.p90();
+        up.record(&failed, Duration::from_secs(100));
+        assert_eq!(up.p90(), before);
     }
 }

@@ -96,6 +96,7 @@ pub async fn run_session(ctx: Arc<Ctx>, framed: Framed, peer: SocketAddr) {
     });
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(limits.max_pending_per_session + 8);
     let mut pending = 0usize;
+    let mut unflushed = 0usize;
     let mut version_done = false;
     let mut tip_rx = ctx.pool.tip_watch();
     // Header subscription state: None = not subscribed; Some(None) = reply in flight.
@@ -121,7 +122,7 @@ pub async fn run_session(ctx: Arc<Ctx>, framed: Framed, peer: SocketAddr) {
             Some(out) = out_rx.recv() => {
                 pending = pending.saturating_sub(out.done);
                 if let Some(line) = out.line {
-                    if write(&mut sink, line).await.is_err() {
+                    if feed(&mut sink, line).await.is_err() {
                         break "write failed".into();
                     }
                 }
@@ -153,7 +154,7 @@ pub async fn run_session(ctx: Arc<Ctx>, framed: Framed, peer: SocketAddr) {
                 let mut failed = false;
                 for (sh, status) in follow {
                     for line in notification_lines(&shared, &sh, &status) {
-                        if write(&mut sink, line).await.is_err() {
+                        if feed(&mut sink, line).await.is_err() {
                             failed = true;
                         }
                     }
@@ -167,11 +168,23 @@ pub async fn run_session(ctx: Arc<Ctx>, framed: Framed, peer: SocketAddr) {
                         if let Some(cur) = current {
                             if &cur != sent {
                                 headers_sent = Some(Some(cur.clone()));
-                                if write(&mut sink, header_notification(&cur)).await.is_err() {
+                                if feed(&mut sink, header_notification(&cur)).await.is_err() {
                                     break "write failed".into();
                                 }
                             }
                         }
+                    }
+                }
+                // Answers that are ready together go out in one write: let the request
+                // tasks that are ready run first, so their answers join this one.
+                unflushed += 1;
+                if unflushed < 64 && out_rx.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                if unflushed >= 64 || out_rx.is_empty() {
+                    unflushed = 0;
+                    if flush(&mut sink).await.is_err() {
+                        break "write failed".into();
                     }
                 }
             }
@@ -335,6 +348,27 @@ pub async fn run_session(ctx: Arc<Ctx>, framed: Framed, peer: SocketAddr) {
     ctx.hub.drop_session(subs, id);
     ctx.metrics_session(-1);
     let _ = sink.close().await;
+}
+
+/// Queues a line without sending it; [`flush`] sends everything queued in one write.
+async fn feed(sink: &mut crate::transport::FrameSink, line: String) -> std::io::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(60), sink.feed(line)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}
+
+async fn flush(sink: &mut crate::transport::FrameSink) -> std::io::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(60), sink.flush()).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
 }
 
 async fn write(sink: &mut crate::transport::FrameSink, line: String) -> std::io::Result<()> {

@@ -186,6 +186,15 @@ impl Shared {
         batch: bool,
         internal: bool,
     ) -> Result<Vec<Answer>, ClientError> {
+        if let ([_], false) = (calls.as_slice(), batch) {
+            let Some((method, params)) = calls.into_iter().next() else {
+                return Ok(Vec::new());
+            };
+            return self
+                .call_one(method, params, internal)
+                .await
+                .map(|a| vec![a]);
+        }
         let mut ids = Vec::with_capacity(calls.len());
         let mut replies = Vec::with_capacity(calls.len());
         {
@@ -225,6 +234,38 @@ impl Shared {
                 Err(_) => Err(ClientError::Disconnected("connection task ended".into())),
             })
             .collect()
+    }
+
+    /// [`Shared::call`] for one call, the common case: no batch bookkeeping, and the line
+    /// is serialized before the lock is taken.
+    async fn call_one(
+        &self,
+        method: String,
+        params: Vec<Value>,
+        internal: bool,
+    ) -> Result<Answer, ClientError> {
+        let id = self.next_id();
+        let line = Request::new(Id::Num(id), method, params).to_json();
+        let reply = {
+            let mut st = self.lock();
+            let link = Self::usable_link(&st, internal)?;
+            let (tx, rx) = oneshot::channel();
+            st.pending.insert(id, Pending::Call(tx));
+            if link.send(line).is_err() {
+                st.pending.remove(&id);
+                return Err(Self::unavailable(&st));
+            }
+            rx
+        };
+        let _forget = Forget {
+            shared: self,
+            ids: vec![id],
+        };
+        match tokio::time::timeout(self.config.request_timeout, reply).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(ClientError::Disconnected("connection task ended".into())),
+            Err(_) => Err(ClientError::Timeout),
+        }
     }
 
     /// Subscribes to `method(params)`, sharing the server subscription with any existing
@@ -765,7 +806,14 @@ async fn write_loop(mut sink: FrameSink, mut rx: mpsc::UnboundedReceiver<String>
         if let Err(e) = sink.feed(line).await {
             return format!("write failed: {e}");
         }
-        // Send whatever else is queued in the same flush.
+        // Send whatever else is queued in the same flush, after letting the callers that
+        // are ready to run queue their lines too.
+        while let Ok(line) = rx.try_recv() {
+            if let Err(e) = sink.feed(line).await {
+                return format!("write failed: {e}");
+            }
+        }
+        tokio::task::yield_now().await;
         while let Ok(line) = rx.try_recv() {
             if let Err(e) = sink.feed(line).await {
                 return format!("write failed: {e}");

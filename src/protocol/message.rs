@@ -62,21 +62,34 @@ impl Request {
 
     /// Serializes to one JSON-RPC 2.0 line (without the trailing newline).
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(64 + self.method.len());
-        s.push_str(r#"{"jsonrpc":"2.0","method":"#);
-        push_json_str(&mut s, &self.method);
-        s.push_str(r#","params":"#);
-        if self.params_object && self.params.len() == 1 {
-            s.push_str(&self.params[0].to_string());
+        /// The wire form, serialized in one pass without copying the params.
+        #[derive(Serialize)]
+        struct Wire<'a, P: Serialize> {
+            jsonrpc: &'static str,
+            method: &'a str,
+            params: P,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<&'a Id>,
+        }
+        let (method, id) = (self.method.as_str(), self.id.as_ref());
+        let line = if self.params_object && self.params.len() == 1 {
+            // Named params: the object itself.
+            serde_json::to_string(&Wire {
+                jsonrpc: "2.0",
+                method,
+                params: &self.params[0],
+                id,
+            })
         } else {
-            s.push_str(&Value::Array(self.params.clone()).to_string());
-        }
-        if let Some(id) = &self.id {
-            s.push_str(r#","id":"#);
-            push_id(&mut s, id);
-        }
-        s.push('}');
-        s
+            serde_json::to_string(&Wire {
+                jsonrpc: "2.0",
+                method,
+                params: &self.params[..],
+                id,
+            })
+        };
+        // Strings, integers and JSON values always serialize.
+        line.unwrap_or_default()
     }
 }
 
@@ -125,7 +138,8 @@ impl Response {
 
     /// Serializes to one JSON-RPC 2.0 line (without the trailing newline).
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(48);
+        let len = self.result.as_ref().map(|r| r.get().len()).unwrap_or(64);
+        let mut s = String::with_capacity(len + 48);
         s.push_str(r#"{"jsonrpc":"2.0","#);
         match &self.result {
             Ok(raw) => {
@@ -384,11 +398,14 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
             .collect();
         return Ok(Incoming::Batch(out));
     }
-    let value: Box<RawValue> =
-        serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
-    let w: Wire = serde_json::from_str(value.get()).map_err(|e| {
-        // Valid JSON that is not an object (or has wrongly typed fields).
-        ParseError::Invalid(None, e.to_string())
+    // One pass over the text; only a line that fails is looked at again, to tell bad JSON
+    // from JSON that is not a message.
+    let w: Wire = serde_json::from_str(text).map_err(|e| {
+        match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(json) => ParseError::Json(json.to_string()),
+            // Valid JSON that is not an object (or has wrongly typed fields).
+            Ok(_) => ParseError::Invalid(None, e.to_string()),
+        }
     })?;
     from_wire(w)
         .map(Incoming::Single)
@@ -559,6 +576,26 @@ mod tests {
         assert_eq!(got[&Id::Num(1)], "\"a\"");
         assert_eq!(got[&Id::Num(2)], "\"b\"");
         assert!(items[2].is_err());
+    }
+
+    #[test]
+    fn requests_serialize_as_compact_json_rpc() {
+        let r = Request::new(Id::Num(9), "m\"x", vec![Value::from(5), Value::from("a")]);
+        assert_eq!(
+            r.to_json(),
+            r#"{"jsonrpc":"2.0","method":"m\"x","params":[5,"a"],"id":9}"#
+        );
+        let mut named = Request::new(Id::Str("s".into()), "m", vec![serde_json::json!({"k": 1})]);
+        named.params_object = true;
+        assert_eq!(
+            named.to_json(),
+            r#"{"jsonrpc":"2.0","method":"m","params":{"k":1},"id":"s"}"#
+        );
+        named.id = None;
+        assert_eq!(
+            named.to_json(),
+            r#"{"jsonrpc":"2.0","method":"m","params":{"k":1}}"#
+        );
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub(crate) async fn run(
 
 async fn sleep_until(due: Option<Instant>) {
     match due {
+        // Without a latency fault an answer is due at once: the timer would hold it until
+        // its next millisecond tick.
+        Some(d) if d <= Instant::now() => {}
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
