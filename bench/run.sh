@@ -9,7 +9,7 @@
 #   DUR=1 WALLETS=100 bench/run.sh   # a quick smoke run
 #
 # Environment: DUR (seconds per throughput run, default 5), WALLETS (default 1000), SUBS
-# (default 10000), PHASES (default "load wallets failover"), PORT_BASE (default 54000),
+# (default 10000), PHASES (default "load wallets failover"), PORT_BASE (default 24000),
 # CARGO_TARGET_DIR (default target), OUT (default bench/RESULTS.md). The machine's first CPU
 # runs the load generator, the second runs everything under test (taskset), when there are at
 # least two.
@@ -20,7 +20,9 @@ ROOT=$(pwd)
 DUR=${DUR:-5}
 WALLETS=${WALLETS:-1000}
 SUBS=${SUBS:-10000}
-P=${PORT_BASE:-54000}
+# Below Linux's ephemeral range (32768-60999), so that the thousands of client connections
+# of one phase cannot hold a port the next phase listens on.
+P=${PORT_BASE:-24000}
 PHASES=${PHASES:-load wallets failover}
 OUT=${OUT:-$ROOT/bench/RESULTS.md}
 export RUST_BACKTRACE=0 RUST_LOG=${RUST_LOG:-warn}
@@ -308,8 +310,8 @@ TABLE=$WORK/table.md
   done
   row "quorum mix, 1 x 1: latency p50 (us)" "$(j lat-direct-mix .latency_us.p50)" \
     "$(j lat-haproxy-mix .latency_us.p50)" "$(j lat-quorum-mix .latency_us.p50)"
-  row "$WALLETS wallets subscribe to $SUBS scripthashes: seconds" "$(j subs-direct .subscribe_s)" \
-    "$(j subs-haproxy .subscribe_s)" "$(j subs-gateway .subscribe_s)"
+  row "$WALLETS wallets subscribe to $SUBS scripthashes: ms" "$(j subs-direct '.subscribe_s * 1000')" \
+    "$(j subs-haproxy '.subscribe_s * 1000')" "$(j subs-gateway '.subscribe_s * 1000')"
   row "subscribe latency p99 (us)" "$(j subs-direct .latency_us.p99)" \
     "$(j subs-haproxy .latency_us.p99)" "$(j subs-gateway .latency_us.p99)"
   row "memory per wallet connection (bytes, RSS of the process under test)" \

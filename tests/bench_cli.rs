@@ -164,6 +164,22 @@ fn bad_server_or_arguments_fail() {
     assert!(!out.status.success());
     let out = bench(&["--server", "tcp://127.0.0.1:1", "--connections", "0"]);
     assert!(!out.status.success());
+    // A kill planned after the run would hit the process once nothing measures it.
+    let out = bench(&[
+        "--server",
+        "tcp://127.0.0.1:1",
+        "--scenario",
+        "failover",
+        "--kill-pid",
+        "4294967295",
+        "--duration",
+        "1",
+        "--kill-after",
+        "2",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kill-after"), "{err}");
 }
 
 #[test]

@@ -354,6 +354,11 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     if !(positive && not_negative) {
         anyhow::bail!("--duration must be positive and --warmup not negative");
     }
+    let kill_in_window =
+        args.kill_after.is_finite() && args.kill_after >= 0.0 && args.kill_after < args.duration;
+    if args.scenario == Scenario::Failover && !kill_in_window {
+        anyhow::bail!("--kill-after must fall within --duration");
+    }
     match args.scenario {
         Scenario::Load | Scenario::Failover => load::run(args).await,
         Scenario::Subscriptions | Scenario::Fanout => wallets::run(args).await,
