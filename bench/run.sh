@@ -145,14 +145,19 @@ start_gateway() { # NAME PORT POLICY BACKEND_PORT...
     echo "servers = [${servers%, }]"
     echo "use_server_list = false"
     echo "reconnect_initial_secs = 0.2"
+    # `fastest`: every read to the best upstream (the defaults vote on scripthash reads);
+    # `quorum`: every upstream read asks all three upstreams. Headers are served from the
+    # gateway's verified chain either way.
     if [ "$policy" = quorum ]; then
-      echo "[routing.policy]"
-      for m in blockchain.scripthash.get_balance blockchain.scripthash.get_history \
-        blockchain.scripthash.listunspent blockchain.transaction.get \
-        blockchain.transaction.get_merkle blockchain.block.header; do
-        echo "\"$m\" = \"quorum\""
-      done
+      echo "[routing]"
+      echo "quorum = 3"
     fi
+    echo "[routing.policy]"
+    for m in blockchain.scripthash.get_balance blockchain.scripthash.get_history \
+      blockchain.scripthash.listunspent blockchain.transaction.get \
+      blockchain.transaction.get_merkle; do
+      echo "\"$m\" = \"$policy\""
+    done
   } >"$WORK/$name.toml"
   start "$name" "$BIN" --config "$WORK/$name.toml"
   wait_port "$port" "$name"
