@@ -5,19 +5,21 @@
 # notification fan-out, memory per connection and per subscription) and failover. Prints one
 # table with ratios against direct and against HAProxy and writes it to bench/RESULTS.md.
 #
-#   bench/run.sh                 # full run, about 6 minutes
-#   DUR=1 WALLETS=100 bench/run.sh   # a quick smoke run
+#   bench/run.sh                                      # full run, about 8 minutes
+#   DUR=1 REPS=1 WALLETS=100 SUBS=1000 bench/run.sh   # a quick smoke run
 #
-# Environment: DUR (seconds per throughput run, default 5), WALLETS (default 1000), SUBS
-# (default 10000), PHASES (default "load wallets failover"), PORT_BASE (default 24000),
-# CARGO_TARGET_DIR (default target), OUT (default bench/RESULTS.md). The machine's first CPU
-# runs the load generator, the second runs everything under test (taskset), when there are at
-# least two.
+# Environment: DUR (seconds per throughput run, default 4), REPS (runs per cell, default 3;
+# the table shows medians), WALLETS (default 1000), SUBS (default 10000), PHASES (default
+# "load wallets failover"), PORT_BASE (default 24000), CARGO_TARGET_DIR (default target), OUT
+# (default bench/RESULTS.md), KEEP (keep the work directory with logs and JSON results). The
+# machine's first CPU runs the load generator, the second runs everything under test
+# (taskset), when there are at least two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-DUR=${DUR:-5}
+DUR=${DUR:-4}
+REPS=${REPS:-3}
 WALLETS=${WALLETS:-1000}
 SUBS=${SUBS:-10000}
 # Below Linux's ephemeral range (32768-60999), so that the thousands of client connections
@@ -55,7 +57,7 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
 }
 trap cleanup EXIT
 
@@ -197,14 +199,20 @@ declare -A TARGET_URL=(
 )
 declare -A TARGET_PID=([direct]=$SIM [haproxy]=$HAP [gateway]=$GW [quorum]=$GWQ)
 TARGETS=(direct haproxy gateway quorum)
-for t in "${TARGETS[@]}"; do
+# Targets take turns on each workload, REPS times; the table shows each cell's median, so a
+# burst of other work on the machine spoils one run of one cell, not the comparison.
+for r in $(seq "$REPS"); do
   for m in mix blockchain.scripthash.get_balance; do
-    bench "lat-$t-$m" --server "${TARGET_URL[$t]}" --pid "${TARGET_PID[$t]}" \
-      --connections 1 --pipeline 1 --duration 3 --warmup 0.5 --method "$m"
+    for t in "${TARGETS[@]}"; do
+      bench "lat-$t-$m@$r" --server "${TARGET_URL[$t]}" --pid "${TARGET_PID[$t]}" \
+        --connections 1 --pipeline 1 --duration 2 --warmup 0.5 --method "$m"
+    done
   done
   for m in "${WORKLOADS[@]}"; do
-    bench "tput-$t-$m" --server "${TARGET_URL[$t]}" --pid "${TARGET_PID[$t]}" \
-      --connections 16 --pipeline 8 --duration "$DUR" --warmup 1 --method "$m"
+    for t in "${TARGETS[@]}"; do
+      bench "tput-$t-$m@$r" --server "${TARGET_URL[$t]}" --pid "${TARGET_PID[$t]}" \
+        --connections 16 --pipeline 8 --duration "$DUR" --warmup 0.5 --method "$m"
+    done
   done
 done
 stop "$GW" "$GWQ" "$HAP" "$SIM"
@@ -214,6 +222,7 @@ fi
 
 if phase wallets; then
 echo "== $WALLETS wallets, $SUBS subscriptions" >&2
+for r in $(seq "$REPS"); do
 for t in direct haproxy gateway; do
   start_sim sim-$t "${SIM_PORTS[@]}"
   sim=$LAST_PID
@@ -231,12 +240,13 @@ for t in direct haproxy gateway; do
       pids+=("$LAST_PID")
       ;;
   esac
-  bench "subs-$t" --scenario subscriptions --server "$url" --pid "$pid" \
+  bench "subs-$t@$r" --scenario subscriptions --server "$url" --pid "$pid" \
     --connections "$WALLETS" --subscriptions "$SUBS" --pipeline 10
-  bench "fanout-$t" --scenario fanout --server "$url" --pid "$pid" \
+  bench "fanout-$t@$r" --scenario fanout --server "$url" --pid "$pid" \
     --control "tcp://127.0.0.1:${SIM_PORTS[0]}" --connections "$WALLETS" \
     --subscriptions "$SUBS" --pipeline 10 --rounds 5
   stop "${pids[@]}"
+done
 done
 fi
 
@@ -260,7 +270,7 @@ for t in gateway haproxy; do
     url="tcp://127.0.0.1:$((P + 110))"
   fi
   front=$LAST_PID
-  bench "fail-$t" --scenario failover --server "$url" --kill-pid "$a" --kill-after 2 \
+  bench "fail-$t@1" --scenario failover --server "$url" --kill-pid "$a" --kill-after 2 \
     --connections 4 --pipeline 1 --duration 5 --method blockchain.scripthash.get_balance
   stop "$front" "$b" "$a"
 done
@@ -268,9 +278,14 @@ fi
 
 # ---- the table -----------------------------------------------------------------------------
 
-j() { # RESULT_NAME JQ_EXPR ; prints a number or "-"
-  local f=$RES/$1.json
-  if [ -s "$f" ]; then jq -r "($2) // \"-\"" "$f"; else echo "-"; fi
+j() { # RESULT_NAME JQ_EXPR ; the median over the runs of RESULT_NAME, or "-"
+  local files=("$RES/$1@"*.json)
+  if [ ! -s "${files[0]}" ]; then
+    echo "-"
+    return
+  fi
+  jq -s -r "map(($2) // empty) | sort | if length == 0 then \"-\" else .[length / 2 | floor] end" \
+    "${files[@]}"
 }
 ratio() { # A B ; A / B with two decimals
   awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
@@ -352,8 +367,9 @@ mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "Written by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(nproc) CPUs"
   echo "($cpu), $mem memory, Linux $(uname -r), $(rustc --version), $(haproxy -v | head -1 | cut -d' ' -f1-3)."
   echo "Pinning: $PINNING. Load average when the run ended: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "(other work on the machine shows up as noise in req/s and latency; CPU per answer is"
-  echo "measured from the process's own CPU time and is the steadiest figure)."
+  echo "Every cell is the median of $REPS runs, the targets taking turns on each workload: other"
+  echo "work on the machine shows up as noise in req/s and latency; CPU per answer is measured"
+  echo "from the process's own CPU time and is the steadiest figure."
   echo
   echo "Targets: **direct** is \`electrum-gateway sim\` (three endpoints, no fault, one chain);"
   echo "**HAProxy** is TCP mode, round robin over the three endpoints; **gateway** is"

@@ -9,6 +9,7 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed as CodecFramed;
 
@@ -43,6 +44,44 @@ fn codec_to_io(e: CodecError) -> io::Error {
     }
 }
 
+/// A sink whose errors become `io::Error`s. Unlike `SinkExt::sink_map_err`, which can map
+/// one error only and panics when the failed sink is used again (closed after a failed
+/// write, say), it maps every error.
+struct IoSink<S, F> {
+    inner: S,
+    map: F,
+}
+
+impl<S, F, E, T> Sink<T> for IoSink<S, F>
+where
+    S: Sink<T, Error = E> + Unpin,
+    F: Fn(E) -> io::Error + Unpin,
+{
+    type Error = io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_ready(cx).map_err(&this.map)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: T) -> io::Result<()> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner)
+            .start_send(item)
+            .map_err(&this.map)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_flush(cx).map_err(&this.map)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_close(cx).map_err(&this.map)
+    }
+}
+
 /// Frames a byte stream (TCP or TLS) by lines of at most `max_line` bytes.
 pub fn frame_lines<S>(io: S, max_line: usize) -> Framed
 where
@@ -50,7 +89,10 @@ where
 {
     let (sink, stream) = CodecFramed::new(io, LineCodec::new(max_line)).split();
     Framed {
-        sink: Box::pin(sink.sink_map_err(codec_to_io)),
+        sink: Box::pin(IoSink {
+            inner: sink,
+            map: codec_to_io,
+        }),
         stream: Box::pin(stream.map(|r| r.map_err(codec_to_io))),
     }
 }
@@ -63,9 +105,13 @@ where
 {
     use tokio_tungstenite::tungstenite::Message as WsMessage;
     let (sink, stream) = ws.split();
-    let sink = sink
-        .sink_map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
-        .with(|s: String| async move { Ok::<_, io::Error>(WsMessage::Text(s)) });
+    let sink = IoSink {
+        inner: sink,
+        map: |e: tokio_tungstenite::tungstenite::Error| {
+            io::Error::new(io::ErrorKind::BrokenPipe, e.to_string())
+        },
+    }
+    .with(|s: String| async move { Ok::<_, io::Error>(WsMessage::Text(s)) });
     let stream = stream
         .take_while(|m| futures::future::ready(!matches!(m, Ok(WsMessage::Close(_)))))
         .filter_map(move |m| async move {
@@ -293,6 +339,17 @@ impl<'de> serde::Deserialize<'de> for ServerUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_line_sink_can_still_be_closed() {
+        let (ours, theirs) = tokio::io::duplex(64);
+        drop(theirs);
+        let mut framed = frame_lines(ours, 1024);
+        // The peer is gone: the write fails, and so does every later use, without a panic.
+        assert!(framed.sink.send("x".repeat(100)).await.is_err());
+        assert!(framed.sink.send("y".into()).await.is_err());
+        let _ = framed.sink.close().await;
+    }
 
     #[test]
     fn parses_all_forms() {
