@@ -453,19 +453,27 @@ impl Pool {
     /// verified tip before the others, the least behind first; then by score. For reads that depend on the tip
     /// (`tip_dependent`), only upstreams in step.
     pub fn ranked_for(&self, tip_dependent: bool) -> Vec<(Arc<Upstream>, Client)> {
-        let mut v: Vec<Ranked> = self
-            .upstreams
-            .iter()
-            .filter(|u| !u.cordoned.load(Ordering::Relaxed))
-            .filter_map(|u| {
-                let st = u.standing();
-                if st.sitting_out() || (tip_dependent && !st.in_step()) {
-                    return None;
-                }
-                let c = u.client()?;
-                Some((u.clone(), c, (!st.in_step(), st.lag), u.score()))
-            })
-            .collect();
+        let candidates = |allow_sitting_out: bool| -> Vec<Ranked> {
+            self.upstreams
+                .iter()
+                .filter(|u| !u.cordoned.load(Ordering::Relaxed))
+                .filter_map(|u| {
+                    let st = u.standing();
+                    let on_chain = st.on_best && st.demoted.is_none();
+                    if (st.sitting_out() && !allow_sitting_out) || (tip_dependent && !on_chain) {
+                        return None;
+                    }
+                    let c = u.client()?;
+                    Some((u.clone(), c, (!st.in_step(), st.lag), u.score()))
+                })
+                .collect()
+        };
+        // Upstreams sitting out a penalty serve only when no other upstream can: their answers
+        // still go through every check and vote.
+        let mut v = candidates(false);
+        if v.is_empty() {
+            v = candidates(true);
+        }
         v.sort_by(|a, b| a.2.cmp(&b.2).then(a.3.total_cmp(&b.3)));
         v.into_iter().map(|(u, c, _, _)| (u, c)).collect()
     }
