@@ -117,6 +117,9 @@ fn worth_retrying(e: &ClientError) -> bool {
     }
 }
 
+/// A vote that ended without a majority (the error the wallet gets if it stays so).
+struct NoMajority(RpcError);
+
 /// The upstreams that gave one answer, with their wording of it.
 type Voters = Vec<(Arc<Upstream>, Box<RawValue>)>;
 
@@ -225,6 +228,23 @@ impl Router {
         }
     }
 
+    /// [`Router::timed`] for one ranked upstream, owning what it needs.
+    fn ask(
+        &self,
+        (up, client): (Arc<Upstream>, Client),
+        method: &str,
+        params: &[Value],
+    ) -> impl std::future::Future<Output = (Arc<Upstream>, Result<Box<RawValue>, ClientError>)>
+    {
+        Self::timed(
+            self.pool.clone(),
+            up,
+            client,
+            method.to_string(),
+            params.to_vec(),
+        )
+    }
+
     /// One request to one upstream, timed and checked: an answer proven false is turned into
     /// an error (so it is retried elsewhere) and the upstream is penalised.
     async fn timed(
@@ -282,15 +302,8 @@ impl Router {
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            let (up, client) = ranked[*next].clone();
+            inflight.push(self.ask(ranked[*next].clone(), method, &params));
             *next += 1;
-            inflight.push(Self::timed(
-                self.pool.clone(),
-                up,
-                client,
-                method.to_string(),
-                params.clone(),
-            ));
         };
         launch(&mut next, &mut inflight);
         let hedge = tokio::time::sleep(self.hedge_delay(&ranked[0].0));
@@ -338,15 +351,7 @@ impl Router {
     ) -> Vec<(Arc<Upstream>, Result<Box<RawValue>, ClientError>)> {
         let futs: FuturesUnordered<_> = targets
             .into_iter()
-            .map(|(up, client)| {
-                Self::timed(
-                    self.pool.clone(),
-                    up,
-                    client,
-                    method.to_string(),
-                    params.to_vec(),
-                )
-            })
+            .map(|target| self.ask(target, method, params))
             .collect();
         futs.collect().await
     }
@@ -360,29 +365,46 @@ impl Router {
     /// balances by their confirmed part, histories and unspent lists by their confirmed
     /// entries (mempools legitimately differ between servers), anything else byte for byte
     /// after canonical JSON.
+    ///
+    /// A disagreement without a majority is usually a block that reached some upstreams
+    /// before others: the vote is taken again, up to three times a quarter second apart,
+    /// before the wallet gets the error.
     pub async fn quorum(
         &self,
         method: &str,
         params: Vec<Value>,
     ) -> Result<Box<RawValue>, RpcError> {
+        let mut round = 0;
+        loop {
+            round += 1;
+            match self.quorum_once(method, &params).await {
+                Err(NoMajority(e)) if round < 3 => {
+                    tracing::debug!(method, round, "no majority yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(NoMajority(e)) => return Err(e),
+                Ok(answer) => return answer,
+            }
+        }
+    }
+
+    async fn quorum_once(
+        &self,
+        method: &str,
+        params: &[Value],
+    ) -> Result<Result<Box<RawValue>, RpcError>, NoMajority> {
+        let params = params.to_vec();
         let ranked = self.pool.ranked_for(depends_on_tip(method));
         if ranked.is_empty() {
-            return Err(unavailable("no upstream is connected and in step"));
+            return Ok(Err(unavailable("no upstream is connected and in step")));
         }
         let need = self.quorum.min(ranked.len()).max(1);
         let order: Vec<usize> = ranked.iter().map(|(u, _)| u.id).collect();
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            let (up, client) = ranked[*next].clone();
+            inflight.push(self.ask(ranked[*next].clone(), method, &params));
             *next += 1;
-            inflight.push(Self::timed(
-                self.pool.clone(),
-                up,
-                client,
-                method.to_string(),
-                params.clone(),
-            ));
         };
         while next < need {
             launch(&mut next, &mut inflight);
@@ -427,9 +449,9 @@ impl Router {
             }
         }
         if votes.is_empty() {
-            return Err(first_error
+            return Ok(Err(first_error
                 .map(client_error_to_rpc)
-                .unwrap_or_else(|| unavailable("every upstream failed")));
+                .unwrap_or_else(|| unavailable("every upstream failed"))));
         }
         // A block may reach one upstream before another: when answers differ, only the
         // upstreams least behind the verified tip vote (and only they can be outvoted); the
@@ -460,10 +482,10 @@ impl Router {
             );
         }
         let Some(winner) = winner else {
-            return Err(RpcError::new(
+            return Err(NoMajority(RpcError::new(
                 DAEMON_ERROR,
                 "upstreams disagree and no majority can be formed; try again",
-            ));
+            )));
         };
         for (key, voters) in &votes {
             if *key != winner {
@@ -475,11 +497,11 @@ impl Router {
         let mut chosen = votes.remove(&winner).unwrap_or_default();
         // The best-ranked upstream's wording of the winning answer.
         chosen.sort_by_key(|(u, _)| order.iter().position(|id| *id == u.id));
-        chosen
+        Ok(chosen
             .into_iter()
             .next()
             .map(|(_, raw)| raw)
-            .ok_or_else(|| unavailable("every upstream failed"))
+            .ok_or_else(|| unavailable("every upstream failed")))
     }
 
     /// `median`: asks every active upstream; numbers are answered by their median (ignoring
