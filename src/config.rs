@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::router::Policy;
+use crate::protocol::Policy;
 use crate::transport::ServerUrl;
 
 /// The whole configuration.
@@ -314,13 +314,14 @@ impl Config {
             .collect()
     }
 
-    /// The routing policy for a method: the configured override or the default.
+    /// The routing policy for a method: the configured override, or its catalogue row's
+    /// default (`local` for a method the catalogue does not know).
     pub fn policy(&self, method: &str) -> Policy {
         self.routing
             .policy
             .get(method)
             .copied()
-            .unwrap_or_else(|| Policy::default_for(method))
+            .unwrap_or_else(|| crate::protocol::lookup(method).map_or(Policy::Local, |m| m.policy))
     }
 }
 

@@ -135,7 +135,7 @@ fn init_logging(format: &str, default_level: &str) {
 
 /// Draws the header sync's progress on a terminal while a first sync is far from done
 /// (more than a retarget period behind); logs carry it elsewhere.
-async fn sync_progress_bar(consensus: std::sync::Arc<electrum_gateway::consensus::Consensus>) {
+async fn sync_progress_bar(consensus: std::sync::Arc<electrum_gateway::verify::ChainTracker>) {
     use std::io::{IsTerminal, Write};
     if !std::io::stderr().is_terminal() {
         return;
@@ -186,7 +186,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(a) = gw.http_addr() {
         eprintln!("electrum-gateway HTTP on http://{a}/ (status page, /metrics, /health, /admin)");
     }
-    tokio::spawn(sync_progress_bar(gw.ctx().pool.consensus().clone()));
+    tokio::spawn(sync_progress_bar(gw.chain()));
     wait_for_signal().await;
     gw.shutdown();
     Ok(())

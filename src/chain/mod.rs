@@ -6,15 +6,15 @@
 //! difficulty, checkpoints, timestamps), the best chain is the one with most work, and
 //! transactions, merkle proofs, header proofs, statuses and broadcasts are checked against it.
 //! What cannot be proven (histories' completeness, fee estimates) is compared between
-//! upstreams with the helpers in [`verify`]. See `docs/trust.md` for the full trust model.
+//! upstreams with the helpers in [`verify`]; `crate::verify` applies all of it to upstreams. See
+//! `docs/trust.md` for the full trust model.
 //!
 //! - [`headers`]: [`HeaderChain`], the best chain, forks and header proofs;
 //! - [`store`]: the on-disk copy of the best chain;
 //! - [`difficulty`]: which bits the next header must carry;
 //! - [`params`] and [`mod@checkpoints`]: what differs between networks;
 //! - [`merkle`]: Electrum-style merkle branches;
-//! - [`verify`]: pure checks on answers;
-//! - [`sync`]: planning the header download.
+//! - [`verify`]: pure checks on answers.
 
 pub mod checkpoints;
 pub mod difficulty;
@@ -22,7 +22,6 @@ pub mod headers;
 pub mod merkle;
 pub mod params;
 pub mod store;
-pub mod sync;
 pub mod verify;
 
 pub use checkpoints::{checkpoints, Checkpoint};
@@ -32,10 +31,9 @@ pub use headers::{
 };
 pub use params::ChainParams;
 pub use store::{HeaderStore, StoreError};
-pub use sync::{ChunkRequest, HeaderSync, SyncProgress, MAX_CHUNK};
 pub use verify::{
-    canonical_order, check_broadcast, check_header_proof, check_merkle, check_status,
-    check_transaction, fee_consensus, histories_agree, parse_history, status_hash, txid_of,
+    check_broadcast, check_header_proof, check_merkle, check_status, check_transaction,
+    confirmed_part, fee_consensus, histories_agree, parse_history, status_hash, txid_of,
     HistoryEntry, MerkleAnswer, VerifyError,
 };
 

@@ -1,19 +1,26 @@
 //! Prometheus metrics and the gateway's recent-events log.
 //!
+//! The gateway creates one [`Metrics`] at start and hands it to the parts that report to it, so
+//! metrics and the event log work whether or not the HTTP listener is on.
+//!
 //! Most numbers already live where the work happens: the pool knows each upstream's state, tip,
-//! score and reconnects; the router counts hedges, retries and quorum disagreements; the hub
-//! counts subscriptions. Copying them into metrics on every change would thread a metrics
-//! handle through every hot path, so they are *pulled* instead: [`Metrics::refresh`] reads that
-//! state when Prometheus scrapes. Only what leaves no trace elsewhere is *pushed* as it
-//! happens: wallet requests by method and outcome with their latency ([`Metrics::track_request`],
-//! one call in the session), each upstream request's latency ([`UpstreamObserver`], one call
-//! in `Upstream::record`), and the verification, cache and header-sync events of the chain
-//! layer ([`Metrics::verification_failed`], [`Metrics::cache_hit`], [`Metrics::header_sync`]...).
+//! score, reconnects, verification failures and demotions; the router counts hedges, retries
+//! and disagreements; the hub counts subscriptions. Copying them into metrics on every change
+//! would put a metrics call on every hot path, so they are *pulled* instead: the gateway builds
+//! a [`Snapshot`] and [`Metrics::render`] reads it when Prometheus scrapes. Only what leaves no
+//! trace elsewhere is *pushed* as it happens: wallet requests by method and outcome with their
+//! latency ([`Metrics::track_request`], one call in the session), each upstream request's
+//! latency ([`Metrics::observe_upstream`], one call in the gateway's checked upstream call),
+//! cache hits and misses by method, tip changes, and the event log.
 //!
 //! Label values are bounded by construction: methods come from the catalogue (anything else is
 //! `other`), upstreams are the servers of the pool's slots (`host:port`, as configured or taken
-//! from the server list), and reasons are short identifiers of which only a few distinct ones
-//! are kept. No wallet address, scripthash or client IP ever becomes a label.
+//! from the server list), and reasons are the variants of [`crate::verify::Reason`] and
+//! [`crate::verify::Demotion`]. No wallet address, scripthash or client IP ever becomes a label.
+
+pub mod snapshot;
+
+pub use snapshot::{Counters, Snapshot, Subscriptions, UpState, UpstreamView};
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -23,14 +30,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::gateway::Ctx;
-use crate::pool::{PoolEvent, Tip, UpState, Upstream};
-use crate::protocol::methods::{lookup, Cache, MethodInfo, METHODS};
+use crate::protocol::methods::{lookup, Cache, METHODS};
 use crate::protocol::RpcError;
+use crate::verify::{Demotion, Reason};
 
 /// The prefix of every gateway metric.
 pub const PREFIX: &str = "electrum_gateway_";
@@ -38,64 +43,9 @@ pub const PREFIX: &str = "electrum_gateway_";
 /// How many recent events are kept for the status page.
 pub const EVENT_CAPACITY: usize = 256;
 
-/// Most distinct reason labels kept per metric; further reasons count as `other`.
-const MAX_REASONS: usize = 32;
-
-/// Verification failure reasons exported at zero from the start, so dashboards and alerts see
-/// the series before the first failure: the labels of the chain layer's answer checks
-/// ([`crate::chain::VerifyError::reason`]) and header rejections
-/// ([`crate::chain::RejectReason::as_str`]).
-pub const VERIFICATION_REASONS: &[&str] = &[
-    // Answer checks.
-    "bad_encoding",
-    "bad_txid",
-    "bad_merkle",
-    "bad_header",
-    "bad_status",
-    "history_mismatch",
-    "bad_broadcast",
-    // Answers outvoted by other upstreams.
-    "vote_minority",
-    // Header chain rejections.
-    "bad_genesis",
-    "bad_link",
-    "bad_target",
-    "bad_pow",
-    "checkpoint",
-    "bad_time",
-    "bad_version",
-    "too_old",
-    "unconnected",
-];
-
-/// Demotion reasons exported at zero from the start.
-pub const DEMOTION_REASONS: &[&str] = &["lag", "fork", "bad_header"];
-
-const STATES: [(UpState, &str); 3] = [
-    (UpState::Up, "up"),
-    (UpState::Connecting, "connecting"),
-    (UpState::Down, "down"),
-];
-
-/// The label of an upstream state.
-pub fn state_name(s: UpState) -> &'static str {
-    STATES
-        .iter()
-        .find(|(st, _)| *st == s)
-        .map(|(_, n)| *n)
-        .unwrap_or("down")
-}
-
 /// The bounded label of a method name: its catalogue name, or `other`.
 pub fn method_label(method: &str) -> &'static str {
     lookup(method).map(|m| m.name).unwrap_or("other")
-}
-
-/// True when an upstream can serve now: connected, not cordoned, and at the best tip.
-pub fn is_healthy(up: &Upstream, best: Option<&Tip>) -> bool {
-    up.connected() > 0
-        && !up.cordoned.load(Ordering::Relaxed)
-        && matches!((up.tip(), best), (Some(t), Some(b)) if t.height >= b.height)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -158,7 +108,6 @@ pub struct Metrics {
     header_sync_target: IntGauge,
     /// Serialises scrapes, and remembers which upstream labels are exported.
     scrape: Mutex<HashSet<String>>,
-    reasons: Mutex<HashSet<String>>,
     events: Mutex<VecDeque<Event>>,
 }
 
@@ -370,15 +319,14 @@ impl Metrics {
                 "Height the header sync is heading for.",
             ),
             scrape: Mutex::new(HashSet::new()),
-            reasons: Mutex::new(HashSet::new()),
             events: Mutex::new(VecDeque::new()),
             registry: b.registry,
         };
-        for r in VERIFICATION_REASONS {
-            m.verification_failures.with_label_values(&[*r]);
+        for r in Reason::ALL {
+            m.verification_failures.with_label_values(&[r.as_str()]);
         }
-        for r in DEMOTION_REASONS {
-            m.demotions.with_label_values(&[*r]);
+        for d in Demotion::ALL {
+            m.demotions.with_label_values(&[d.as_str()]);
         }
         for method in METHODS.iter().filter(|m| m.cache != Cache::Never) {
             m.cache_hits.with_label_values(&[method.name]);
@@ -397,7 +345,7 @@ impl Metrics {
     /// counts as `timeout`.
     pub fn track_request<'a, C, F>(
         &'a self,
-        method: Option<&'static MethodInfo>,
+        method: &'static str,
         fut: F,
     ) -> impl Future<Output = (Result<Box<RawValue>, RpcError>, C)> + 'a
     where
@@ -405,7 +353,7 @@ impl Metrics {
     {
         let guard = RequestGuard {
             metrics: self,
-            method: method.map(|m| m.name).unwrap_or("other"),
+            method,
             start: Instant::now(),
             outcome: "timeout",
         };
@@ -416,50 +364,6 @@ impl Metrics {
             guard.outcome = outcome(&out.0);
             out
         }
-    }
-
-    /// Counts a verification failure. `reason` should be a short identifier such as
-    /// `bad_merkle` (see [`VERIFICATION_REASONS`]); it is also logged and shown on the status
-    /// page.
-    pub fn verification_failed(&self, reason: &str) {
-        self.verification_failed_at(None, reason);
-    }
-
-    /// Counts a verification failure of a named upstream's answer. The metric is labelled by
-    /// reason only; the upstream appears in the log line and the status page's events.
-    pub fn verification_failed_at(&self, upstream: Option<&str>, reason: &str) {
-        let label = self.reason_label(reason);
-        self.verification_failures
-            .with_label_values(&[&label])
-            .inc();
-        tracing::warn!(
-            upstream = upstream.unwrap_or("-"),
-            reason,
-            "verification failed"
-        );
-        self.event(
-            "verification",
-            upstream,
-            format!("an answer failed verification: {reason}"),
-        );
-    }
-
-    /// Counts an upstream demotion. `reason` should be a short identifier such as
-    /// `verification` or `lagging` (see [`DEMOTION_REASONS`]).
-    pub fn demoted(&self, reason: &str) {
-        self.demoted_upstream(None, reason);
-    }
-
-    /// Counts the demotion of a named upstream.
-    pub fn demoted_upstream(&self, upstream: Option<&str>, reason: &str) {
-        let label = self.reason_label(reason);
-        self.demotions.with_label_values(&[&label]).inc();
-        tracing::warn!(
-            upstream = upstream.unwrap_or("-"),
-            reason,
-            "upstream demoted"
-        );
-        self.event("demotion", upstream, format!("demoted: {reason}"));
     }
 
     /// Counts a request answered from the cache.
@@ -476,10 +380,30 @@ impl Metrics {
             .inc();
     }
 
-    /// Reports header sync progress: the verified chain's height and the height it heads for.
-    pub fn header_sync(&self, height: u32, target: u32) {
-        self.header_sync_height.set(i64::from(height));
-        self.header_sync_target.set(i64::from(target));
+    /// Notes that the verified best tip moved.
+    pub fn tip_changed(&self) {
+        self.tip_updated.set(now_ms() as f64 / 1000.0);
+    }
+
+    /// Logs a verification failure of a named upstream's answer and puts it in the event log
+    /// (the counter is pulled from the snapshot).
+    pub fn verification_failed(&self, upstream: &str, reason: Reason) {
+        tracing::warn!(upstream, reason = reason.as_str(), "verification failed");
+        self.event(
+            "verification",
+            Some(upstream),
+            format!("an answer failed verification: {reason}"),
+        );
+    }
+
+    /// Logs a demotion of a named upstream and puts it in the event log.
+    pub fn demoted(&self, upstream: &str, reason: Demotion) {
+        tracing::warn!(upstream, reason = reason.as_str(), "upstream demoted");
+        self.event(
+            "demotion",
+            Some(upstream),
+            format!("demoted: {}", reason.as_str()),
+        );
     }
 
     /// Adds an event to the recent-events log (oldest dropped past [`EVENT_CAPACITY`]).
@@ -506,160 +430,49 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    /// A reason as a bounded label: a short lowercase identifier among the first
-    /// [`MAX_REASONS`] seen, else `other`.
-    fn reason_label(&self, reason: &str) -> String {
-        let ok = !reason.is_empty()
-            && reason.len() <= 32
-            && reason
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !ok {
-            return "other".into();
-        }
-        if VERIFICATION_REASONS.contains(&reason) || DEMOTION_REASONS.contains(&reason) {
-            return reason.into();
-        }
-        let Ok(mut seen) = self.reasons.lock() else {
-            return "other".into();
-        };
-        if seen.contains(reason) || seen.len() < MAX_REASONS {
-            seen.insert(reason.to_string());
-            reason.into()
-        } else {
-            "other".into()
-        }
-    }
-
-    /// Connects the metrics to a running gateway: upstreams report their request latencies,
-    /// and a task turns pool events into the recent-events log until shutdown.
-    pub fn attach(self: &Arc<Self>, ctx: &Arc<Ctx>) {
-        for up in ctx.pool.upstreams() {
-            up.observer.attach(self);
-        }
-        if ctx.pool.best_tip().is_some() {
-            self.tip_updated.set(now_ms() as f64 / 1000.0);
-        }
-        let metrics = self.clone();
-        let weak: Weak<Ctx> = Arc::downgrade(ctx);
-        let mut events = ctx.pool.events();
-        let shutdown = ctx.shutdown.clone();
-        tokio::spawn(async move {
-            let mut names: Vec<String> = Vec::new();
-            let mut disagreements = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    ev = events.recv() => Some(ev),
-                    _ = tick.tick() => None,
-                };
-                let Some(ctx) = weak.upgrade() else { return };
-                metrics.notice_replacements(&ctx, &mut names);
-                match ev {
-                    Some(Ok(PoolEvent::Up(i))) => {
-                        let name = ctx.pool.upstreams().get(i).map(|u| u.name());
-                        metrics.event("up", name.as_deref(), "connection up".into());
-                    }
-                    Some(Ok(PoolEvent::Down(i))) => {
-                        let name = ctx.pool.upstreams().get(i).map(|u| u.name());
-                        metrics.event(
-                            "failover",
-                            name.as_deref(),
-                            "connection lost; requests and subscriptions move to other upstreams"
-                                .into(),
-                        );
-                    }
-                    Some(Ok(PoolEvent::Tip(_))) => {
-                        metrics.tip_updated.set(now_ms() as f64 / 1000.0);
-                    }
-                    // Demotions and sit-outs are reported by the consensus layer itself.
-                    Some(Ok(PoolEvent::Standing(_))) => {}
-                    Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
-                    Some(Err(_)) | None => {}
-                }
-                let d = ctx.router.stats.disagreements.load(Ordering::Relaxed);
-                if d > disagreements {
-                    metrics.event(
-                        "disagreement",
-                        None,
-                        format!(
-                            "{} quorum read(s) got disagreeing answers",
-                            d - disagreements
-                        ),
-                    );
-                    disagreements = d;
-                }
-            }
-        });
-    }
-
-    /// Logs slots whose server changed since the last look (the pool replaced a failing one).
-    fn notice_replacements(&self, ctx: &Ctx, names: &mut Vec<String>) {
-        let now: Vec<String> = ctx.pool.upstreams().iter().map(|u| u.name()).collect();
-        for (old, new) in names.iter().zip(&now) {
-            if old != new {
-                self.event(
-                    "replaced",
-                    Some(new),
-                    format!("replaced {old}, which kept failing"),
-                );
-            }
-        }
-        *names = now;
-    }
-
-    /// Reads the gateway's state into the pulled metrics.
-    pub fn refresh(&self, ctx: &Ctx) {
-        let Ok(mut exported) = self.scrape.lock() else {
-            return;
-        };
-        self.refresh_locked(ctx, &mut exported);
-    }
-
-    fn refresh_locked(&self, ctx: &Ctx, exported: &mut HashSet<String>) {
-        let pool = &ctx.pool;
-        let (height, target) = pool.consensus().progress();
-        self.header_sync(height, target);
-        let best = pool.best_tip();
-        let ups = pool.upstreams();
-        self.tip_height
-            .set(best.as_ref().map(|t| i64::from(t.height)).unwrap_or(0));
-        self.upstreams.set(ups.len() as i64);
-        self.candidates.set(pool.candidates().len() as i64);
+    /// Reads a snapshot of the gateway into the pulled metrics.
+    fn refresh(&self, snap: &Snapshot, exported: &mut HashSet<String>) {
+        self.header_sync_height.set(i64::from(
+            snap.best_tip.as_ref().map(|t| t.height).unwrap_or(0),
+        ));
+        let best = snap.best_tip.as_ref();
+        let height = best.map(|t| t.height).unwrap_or(0);
+        self.header_sync_target
+            .set(i64::from(snap.sync_target.max(height)));
+        self.tip_height.set(i64::from(height));
+        self.upstreams.set(snap.upstreams.len() as i64);
+        self.candidates.set(snap.candidates as i64);
         let mut current = HashSet::new();
-        let mut healthy = 0;
-        for up in ups {
-            let n = up.name();
-            let l = [n.as_str()];
-            let state = up.state();
-            for (s, sname) in STATES {
+        for up in &snap.upstreams {
+            let n = up.name.as_str();
+            let l = [n];
+            for s in UpState::ALL {
                 self.upstream_state
-                    .with_label_values(&[n.as_str(), sname])
-                    .set(i64::from(s == state));
+                    .with_label_values(&[n, s.as_str()])
+                    .set(i64::from(s == up.state));
             }
             self.upstream_connections
                 .with_label_values(&l)
-                .set(up.connected() as i64);
+                .set(up.connections as i64);
             self.upstream_cordoned
                 .with_label_values(&l)
-                .set(i64::from(up.cordoned.load(Ordering::Relaxed)));
-            match (up.tip(), best.as_ref()) {
-                (Some(t), b) => {
+                .set(i64::from(up.cordoned));
+            match (&up.tip, up.lag(best)) {
+                (Some(t), lag) => {
                     self.upstream_tip
                         .with_label_values(&l)
                         .set(i64::from(t.height));
-                    let lag = b.map(|b| b.height.saturating_sub(t.height)).unwrap_or(0);
-                    self.upstream_lag.with_label_values(&l).set(i64::from(lag));
+                    self.upstream_lag
+                        .with_label_values(&l)
+                        .set(i64::from(lag.unwrap_or(0)));
                 }
                 (None, _) => {
                     let _ = self.upstream_tip.remove_label_values(&l);
                     let _ = self.upstream_lag.remove_label_values(&l);
                 }
             }
-            let stats = up.stats();
-            self.upstream_score.with_label_values(&l).set(up.score());
-            match stats.ewma_ms {
+            self.upstream_score.with_label_values(&l).set(up.score);
+            match up.ewma_ms {
                 Some(ms) => self
                     .upstream_latency_ewma
                     .with_label_values(&l)
@@ -670,47 +483,49 @@ impl Metrics {
             }
             set_counter(
                 &self.upstream_reconnects.with_label_values(&l),
-                stats.reconnects,
+                up.reconnects,
             );
             for o in ["ok", "failed"] {
-                self.upstream_requests.with_label_values(&[n.as_str(), o]);
+                self.upstream_requests.with_label_values(&[n, o]);
             }
             self.upstream_duration.with_label_values(&l);
-            if is_healthy(up, best.as_ref()) {
-                healthy += 1;
-            }
-            current.insert(n);
+            current.insert(n.to_string());
         }
         for gone in exported.difference(&current) {
             self.forget_upstream(gone);
         }
         *exported = current;
-        self.upstreams_healthy.set(healthy);
-        self.sessions.set(ctx.sessions() as i64);
-        self.sub_scripthashes.set(ctx.hub.scripthashes() as i64);
-        self.sub_sessions
-            .set(ctx.hub.session_subscriptions() as i64);
-        self.sub_upstream
-            .set(ctx.hub.upstream_subscriptions() as i64);
-        set_counter(&self.sub_moves, ctx.hub.moves.load(Ordering::Relaxed));
-        set_counter(
-            &self.notifications,
-            ctx.hub.notifications.load(Ordering::Relaxed),
-        );
-        set_counter(&self.failovers, pool.failovers.load(Ordering::Relaxed));
-        let rs = &ctx.router.stats;
-        set_counter(&self.hedges, rs.hedges.load(Ordering::Relaxed));
-        set_counter(&self.retries, rs.retries.load(Ordering::Relaxed));
-        set_counter(
-            &self.disagreements,
-            rs.disagreements.load(Ordering::Relaxed),
-        );
+        self.upstreams_healthy.set(snap.healthy() as i64);
+        self.sessions.set(snap.sessions as i64);
+        let subs = &snap.subscriptions;
+        self.sub_scripthashes.set(subs.scripthashes as i64);
+        self.sub_sessions.set(subs.sessions as i64);
+        self.sub_upstream.set(subs.upstream as i64);
+        let c = &snap.counters;
+        set_counter(&self.sub_moves, c.subscription_moves);
+        set_counter(&self.notifications, c.notifications);
+        set_counter(&self.failovers, c.failovers);
+        set_counter(&self.hedges, c.hedges);
+        set_counter(&self.retries, c.retries);
+        set_counter(&self.disagreements, c.disagreements);
+        for r in Reason::ALL {
+            set_counter(
+                &self.verification_failures.with_label_values(&[r.as_str()]),
+                c.failures_of(*r),
+            );
+        }
+        for d in Demotion::ALL {
+            set_counter(
+                &self.demotions.with_label_values(&[d.as_str()]),
+                c.demotions.get(d).copied().unwrap_or(0),
+            );
+        }
     }
 
     /// Drops the series of a server that no longer holds a slot.
     fn forget_upstream(&self, n: &str) {
         let l = [n];
-        for (_, s) in STATES {
+        for s in UpState::ALL.map(UpState::as_str) {
             let _ = self.upstream_state.remove_label_values(&[n, s]);
         }
         for o in ["ok", "failed"] {
@@ -726,12 +541,13 @@ impl Metrics {
         let _ = self.upstream_duration.remove_label_values(&l);
     }
 
-    /// Refreshes the pulled metrics and encodes everything in the Prometheus text format.
-    pub fn render(&self, ctx: &Ctx) -> String {
+    /// Refreshes the pulled metrics from `snap` and encodes everything in the Prometheus text
+    /// format.
+    pub fn render(&self, snap: &Snapshot) -> String {
         let Ok(mut exported) = self.scrape.lock() else {
             return String::new();
         };
-        self.refresh_locked(ctx, &mut exported);
+        self.refresh(snap, &mut exported);
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -739,7 +555,8 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    fn observe_upstream(&self, upstream: &str, elapsed: Duration, failed: bool) {
+    /// Reports one upstream request: its latency when answered, or a transport failure.
+    pub fn observe_upstream(&self, upstream: &str, elapsed: Duration, failed: bool) {
         let outcome = if failed { "failed" } else { "ok" };
         self.upstream_requests
             .with_label_values(&[upstream, outcome])
@@ -795,32 +612,6 @@ impl Drop for RequestGuard<'_> {
     }
 }
 
-/// Where an upstream reports each request's outcome and latency: a slot in
-/// [`Upstream`] that [`Metrics::attach`] fills. Until then (or without an HTTP listener)
-/// reports go nowhere.
-#[derive(Default)]
-pub struct UpstreamObserver(OnceLock<Weak<Metrics>>);
-
-impl UpstreamObserver {
-    /// Routes later reports to `metrics`.
-    pub fn attach(&self, metrics: &Arc<Metrics>) {
-        let _ = self.0.set(Arc::downgrade(metrics));
-    }
-
-    /// Reports one request: `name` gives the upstream's label (only called when attached).
-    pub fn observe(&self, name: impl FnOnce() -> String, elapsed: Duration, failed: bool) {
-        if let Some(m) = self.0.get().and_then(Weak::upgrade) {
-            m.observe_upstream(&name(), elapsed, failed);
-        }
-    }
-}
-
-impl std::fmt::Debug for UpstreamObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UpstreamObserver")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,20 +628,19 @@ mod tests {
     async fn requests_are_counted_by_catalogue_method_and_outcome() {
         let m = Metrics::new();
         let ok: Result<Box<RawValue>, RpcError> = Ok(RawValue::from_string("1".into()).unwrap());
-        let (r, ()) = m
-            .track_request(lookup("server.ping"), async { (ok, ()) })
-            .await;
+        let (r, ()) = m.track_request("server.ping", async { (ok, ()) }).await;
         assert!(r.is_ok());
-        let err = Err(crate::router::unavailable("no upstream is connected"));
+        let err = Err(RpcError::new(
+            crate::protocol::error::DAEMON_ERROR,
+            "no upstream could answer: no upstream is connected",
+        ));
         let _ = m
-            .track_request(lookup("blockchain.scripthash.get_balance"), async {
-                (err, ())
-            })
+            .track_request("blockchain.scripthash.get_balance", async { (err, ()) })
             .await;
         let bad = Err(RpcError::bad_request("nope"));
-        let _ = m.track_request(None, async { (bad, ()) }).await;
+        let _ = m.track_request("other", async { (bad, ()) }).await;
         // A request dropped before it finished: the session's timeout.
-        let pending = m.track_request(lookup("blockchain.transaction.get"), async {
+        let pending = m.track_request("blockchain.transaction.get", async {
             futures::future::pending::<(Result<Box<RawValue>, RpcError>, ())>().await
         });
         let _ = tokio::time::timeout(Duration::from_millis(1), pending).await;
@@ -866,41 +656,52 @@ mod tests {
         }
     }
 
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            software: "test".into(),
+            network: bitcoin::Network::Regtest,
+            best_tip: Some(crate::protocol::Tip {
+                height: 100,
+                hex: String::new(),
+            }),
+            sync_target: 200,
+            headers_verified: 0,
+            upstreams: Vec::new(),
+            ranked: Vec::new(),
+            candidates: 0,
+            sessions: 0,
+            subscriptions: Subscriptions::default(),
+            counters: Counters::default(),
+        }
+    }
+
     #[test]
-    fn verification_metrics_exist_at_zero_and_reasons_stay_bounded() {
+    fn every_reason_exists_at_zero_and_counts_follow_the_snapshot() {
         let m = Metrics::new();
         let t = text(&m);
-        assert!(
-            t.contains(r#"electrum_gateway_verification_failures_total{reason="bad_merkle"} 0"#)
-        );
+        for r in Reason::ALL {
+            let line = format!(
+                "electrum_gateway_verification_failures_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(t.contains(&line), "missing {line}");
+        }
         assert!(t.contains(r#"electrum_gateway_demotions_total{reason="lag"} 0"#));
         assert!(t.contains(
             r#"electrum_gateway_cache_hits_total{method="blockchain.transaction.get"} 0"#
         ));
         assert!(!t.contains(r#"cache_hits_total{method="blockchain.scripthash.get_balance"}"#));
-        m.verification_failed("bad_merkle");
-        m.verification_failed_at(Some("a:1"), "bad_merkle");
-        m.verification_failed("Not An Identifier: 1.2.3.4");
-        for i in 0..100 {
-            m.demoted(&format!("r{i}"));
-        }
+        let mut snap = snapshot();
+        snap.counters.failures.insert(Reason::BadMerkle, 2);
+        snap.counters.demotions.insert(Demotion::Fork, 1);
+        m.verification_failed("a:1", Reason::BadMerkle);
         m.cache_hit("blockchain.transaction.get");
         m.cache_miss("no.such.method");
-        m.header_sync(100, 200);
-        let t = text(&m);
+        let t = m.render(&snap);
         assert!(
             t.contains(r#"electrum_gateway_verification_failures_total{reason="bad_merkle"} 2"#)
         );
-        assert!(t.contains(r#"electrum_gateway_verification_failures_total{reason="other"} 1"#));
-        let demotion_series = t
-            .lines()
-            .filter(|l| l.starts_with("electrum_gateway_demotions_total{"))
-            .count();
-        assert!(
-            demotion_series <= DEMOTION_REASONS.len() + MAX_REASONS + 1,
-            "{demotion_series} series"
-        );
-        assert!(t.contains(r#"electrum_gateway_demotions_total{reason="other"}"#));
+        assert!(t.contains(r#"electrum_gateway_demotions_total{reason="fork"} 1"#));
         assert!(t.contains(
             r#"electrum_gateway_cache_hits_total{method="blockchain.transaction.get"} 1"#
         ));
@@ -908,65 +709,9 @@ mod tests {
         assert!(t.contains("electrum_gateway_header_sync_height 100"));
         assert!(t.contains("electrum_gateway_header_sync_target_height 200"));
         let ev = m.events();
-        assert_eq!(ev[0].kind, "demotion");
         assert!(ev
             .iter()
             .any(|e| e.kind == "verification" && e.upstream.as_deref() == Some("a:1")));
-    }
-
-    #[test]
-    fn every_chain_layer_reason_is_exported_from_the_start() {
-        use crate::chain::{RejectReason as R, VerifyError as V};
-        let s = String::new;
-        let checks = [
-            V::BadEncoding(s()),
-            V::BadTxid,
-            V::BadMerkle(s()),
-            V::BadHeader(s()),
-            V::BadStatus,
-            V::HistoryMismatch(s()),
-            V::BadBroadcast(s()),
-        ];
-        for e in &checks {
-            // A new variant makes this match fail to compile: add its label above.
-            match e {
-                V::BadEncoding(_)
-                | V::BadTxid
-                | V::BadMerkle(_)
-                | V::BadHeader(_)
-                | V::BadStatus
-                | V::HistoryMismatch(_)
-                | V::BadBroadcast(_) => {}
-            }
-            assert!(VERIFICATION_REASONS.contains(&e.reason()), "{}", e.reason());
-        }
-        let rejects = [
-            R::BadGenesis,
-            R::BadLink,
-            R::BadTarget,
-            R::BadPow,
-            R::Checkpoint,
-            R::BadTime,
-            R::BadVersion,
-            R::TooOld,
-            R::Unconnected,
-            R::BadEncoding,
-        ];
-        for r in rejects {
-            match r {
-                R::BadGenesis
-                | R::BadLink
-                | R::BadTarget
-                | R::BadPow
-                | R::Checkpoint
-                | R::BadTime
-                | R::BadVersion
-                | R::TooOld
-                | R::Unconnected
-                | R::BadEncoding => {}
-            }
-            assert!(VERIFICATION_REASONS.contains(&r.as_str()), "{}", r.as_str());
-        }
     }
 
     #[test]

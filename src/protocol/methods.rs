@@ -1,19 +1,61 @@
-//! The method catalogue for protocol 1.4 to 1.6: what each method is, whether its answer may
-//! be cached, and how the gateway can check it.
+//! The method catalogue for protocol 1.4 to 1.6: one row per method says everything the
+//! gateway decides about it.
+//!
+//! A row names the method's kind (answered locally, read, subscription, broadcast), the shape of
+//! its parameters (which the gateway parses and puts in canonical form before anything is
+//! sent upstream), its default routing policy, whether its answer depends on the chain tip,
+//! how long the answer may be cached, the check the answer must pass, and what must be equal
+//! for two upstreams' answers to agree in a vote. The gateway's typed call
+//! (`gateway::call::Call`) is built from the row; router, cache, checks and votes read the
+//! call, never method-name strings. Adding a method, or changing how one is routed, checked or
+//! cached, is an edit of its row here.
 
-/// What a method does, which decides how the gateway routes it.
+use serde::{Deserialize, Serialize};
+
+/// What a method does, which decides how the gateway handles it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
-    /// Answered by the gateway itself (version, features, banner, ping, peers).
+    /// Answered by the gateway itself (version, features, banner, ping, peers, headers).
     Local,
     /// A read answered by an upstream.
     Read,
-    /// A subscription (initial value plus notifications).
+    /// A scripthash subscription (initial value plus notifications).
     Subscription,
+    /// The header subscription, answered from the verified chain.
+    Headers,
     /// Ends a subscription.
     Unsubscribe,
     /// Sends a transaction to the network.
     Broadcast,
+}
+
+/// How a routed method is sent to upstreams and which answer wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Best-scored upstream, hedged and retried.
+    Fastest,
+    /// Majority of k upstreams.
+    Quorum,
+    /// Median of every active upstream's numeric answer.
+    Median,
+    /// Sent to every active upstream.
+    Broadcast,
+    /// Answered by the gateway.
+    Local,
+}
+
+impl Policy {
+    /// The policy's name as used in `config.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Fastest => "fastest",
+            Policy::Quorum => "quorum",
+            Policy::Median => "median",
+            Policy::Broadcast => "broadcast",
+            Policy::Local => "local",
+        }
+    }
 }
 
 /// How long an answer may be cached.
@@ -21,184 +63,304 @@ pub enum Kind {
 pub enum Cache {
     /// Never cached (balances, history, mempool, subscriptions).
     Never,
-    /// Cached for a short time (fees).
+    /// Kept until the verified tip moves, and at most a few seconds (fees).
     Short,
-    /// Immutable once buried below the reorg window (raw transactions, proofs, headers).
+    /// Immutable once verified (raw transactions) or buried below the reorg window (proofs).
     Immutable,
 }
 
-/// How an answer can be checked before it reaches a wallet.
+/// The shape of a method's parameters, which decides how they are parsed and put in
+/// canonical form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verify {
-    /// Nothing to check locally; voted on or trusted.
-    None,
-    /// Headers: proof of work, linkage, retarget rules.
-    Header,
-    /// A raw transaction: txid recomputed.
+pub enum Params {
+    /// Whatever the wallet sent, passed on unchanged.
+    Any,
+    /// `(client_name, protocol_version)`.
+    Version,
+    /// `(scripthash)`, or `(address)` for the old address methods.
+    ScriptHash,
+    /// `(tx_hash, verbose=false)`.
     Transaction,
-    /// A merkle branch folded to a verified header's merkle root.
+    /// `(tx_hash, height)`.
     Merkle,
-    /// A scripthash status recomputed from history.
-    Status,
-    /// History: status recomputed, confirmed parts compared.
-    History,
-    /// A broadcast: returned txid equals the computed one.
-    Broadcast,
-    /// A fee estimate: median with outlier rejection.
+    /// `(height, tx_pos, merkle=false)`.
+    IdFromPos,
+    /// `(height, cp_height=0)`.
+    Header,
+    /// `(start_height, count, cp_height=0)`.
+    Headers,
+    /// `(number, mode=null)`.
     Fee,
+    /// `(raw_tx)`.
+    RawTransaction,
 }
 
-/// One catalogue entry.
+/// The check an upstream's answer must pass before it reaches a wallet or the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    /// Nothing can be checked locally; the answer is voted on or trusted.
+    None,
+    /// A raw transaction: it hashes to the txid asked for.
+    Transaction,
+    /// A merkle branch folds to the verified header's merkle root.
+    Merkle,
+    /// A txid at a block position, with the branch that proves it.
+    TxAtPosition,
+    /// A broadcast: the returned txid is the transaction's.
+    Broadcast,
+}
+
+/// What must be equal for two upstreams' answers to agree in a vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Vote {
+    /// The whole answer, as canonical JSON.
+    Whole,
+    /// A balance: its confirmed part.
+    Balance,
+    /// A history: its confirmed entries.
+    History,
+    /// Unspent outputs: the confirmed ones, as a set.
+    Unspent,
+}
+
+/// What to ask instead when every upstream says it does not know a method (an older or
+/// newer server, or one that never had it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fallback {
+    /// `blockchain.relayfee` (gone in 1.6): `mempool.get_info`'s `minrelaytxfee`.
+    RelayFeeFromMempoolInfo,
+    /// `mempool.get_info` (new in 1.6): every field from `blockchain.relayfee`.
+    MempoolInfoFromRelayFee,
+    /// `scripthash.get_mempool` (electrs has none): the mempool part of `get_history`.
+    MempoolFromHistory,
+    /// `estimatefee` with a 1.6 mode: asked again without it (servers before 1.6 refuse it).
+    FeeWithoutMode,
+}
+
+/// One catalogue row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodInfo {
     /// The wire name.
     pub name: &'static str,
-    /// Routing kind.
+    /// What it does.
     pub kind: Kind,
+    /// The shape of its parameters.
+    pub params: Params,
+    /// How it is routed unless the configuration says otherwise.
+    pub policy: Policy,
+    /// Its answer depends on the chain tip, so only upstreams in step with the verified tip
+    /// may give it.
+    pub tip: bool,
     /// Caching rule.
     pub cache: Cache,
-    /// Verification rule.
-    pub verify: Verify,
+    /// The check its answer must pass.
+    pub check: Check,
+    /// What two answers must share to agree in a vote.
+    pub vote: Vote,
     /// First protocol version with the method, as (major, minor).
     pub since: (u32, u32),
     /// Last protocol version with the method, if it was removed.
     pub until: Option<(u32, u32)>,
-    /// True for methods that take an address and are converted to their scripthash twin.
-    pub address: bool,
+    /// For an old `blockchain.address.*` method, the `blockchain.scripthash.*` method it is
+    /// converted to.
+    pub twin: Option<&'static str>,
+    /// What to ask instead when upstreams do not know the method.
+    pub fallback: Option<Fallback>,
 }
 
-const fn m(name: &'static str, kind: Kind, cache: Cache, verify: Verify) -> MethodInfo {
+impl MethodInfo {
+    /// True for the old methods that take an address.
+    pub fn takes_address(&self) -> bool {
+        self.twin.is_some()
+    }
+
+    /// True when a wallet that negotiated `protocol` may call the method (the old address
+    /// methods always: the gateway converts them).
+    pub fn available_at(&self, protocol: (u32, u32, u32)) -> bool {
+        let v = (protocol.0, protocol.1);
+        self.takes_address() || (self.since <= v && !self.until.is_some_and(|u| v > u))
+    }
+}
+
+const fn local(name: &'static str) -> MethodInfo {
     MethodInfo {
         name,
-        kind,
-        cache,
-        verify,
+        kind: Kind::Local,
+        params: Params::Any,
+        policy: Policy::Local,
+        tip: false,
+        cache: Cache::Never,
+        check: Check::None,
+        vote: Vote::Whole,
         since: (1, 4),
         until: None,
-        address: false,
+        twin: None,
+        fallback: None,
     }
 }
 
-const fn addr(name: &'static str, kind: Kind) -> MethodInfo {
+const fn read(name: &'static str, params: Params) -> MethodInfo {
     MethodInfo {
-        name,
+        kind: Kind::Read,
+        params,
+        policy: Policy::Fastest,
+        tip: true,
+        ..local(name)
+    }
+}
+
+const fn address(name: &'static str, kind: Kind, twin: &'static str) -> MethodInfo {
+    MethodInfo {
         kind,
-        cache: Cache::Never,
-        verify: Verify::None,
+        params: Params::ScriptHash,
         since: (1, 0),
         until: Some((1, 2)),
-        address: true,
+        twin: Some(twin),
+        ..local(name)
     }
 }
-
-use Cache::*;
-use Kind::*;
 
 /// Every method known to the gateway.
 pub static METHODS: &[MethodInfo] = &[
-    m("server.version", Local, Never, Verify::None),
-    m("server.features", Local, Never, Verify::None),
-    m("server.banner", Local, Never, Verify::None),
-    m("server.donation_address", Local, Never, Verify::None),
-    m("server.ping", Local, Never, Verify::None),
-    m("server.peers.subscribe", Local, Never, Verify::None),
-    m("server.add_peer", Local, Never, Verify::None),
-    m(
-        "blockchain.headers.subscribe",
-        Subscription,
-        Never,
-        Verify::Header,
-    ),
-    m("blockchain.block.header", Read, Immutable, Verify::Header),
-    m("blockchain.block.headers", Read, Immutable, Verify::Header),
-    m("blockchain.estimatefee", Read, Short, Verify::Fee),
     MethodInfo {
+        params: Params::Version,
+        ..local("server.version")
+    },
+    local("server.features"),
+    local("server.banner"),
+    local("server.donation_address"),
+    local("server.ping"),
+    local("server.peers.subscribe"),
+    local("server.add_peer"),
+    MethodInfo {
+        kind: Kind::Headers,
+        ..local("blockchain.headers.subscribe")
+    },
+    // Headers come from the verified chain, with header proofs computed locally.
+    MethodInfo {
+        params: Params::Header,
+        ..local("blockchain.block.header")
+    },
+    MethodInfo {
+        params: Params::Headers,
+        ..local("blockchain.block.headers")
+    },
+    MethodInfo {
+        policy: Policy::Median,
+        cache: Cache::Short,
+        fallback: Some(Fallback::FeeWithoutMode),
+        ..read("blockchain.estimatefee", Params::Fee)
+    },
+    MethodInfo {
+        policy: Policy::Median,
+        cache: Cache::Short,
         until: Some((1, 5)),
-        ..m("blockchain.relayfee", Read, Short, Verify::Fee)
+        fallback: Some(Fallback::RelayFeeFromMempoolInfo),
+        ..read("blockchain.relayfee", Params::Any)
     },
     MethodInfo {
+        policy: Policy::Median,
+        cache: Cache::Short,
         since: (1, 6),
-        ..m("mempool.get_info", Read, Short, Verify::Fee)
+        fallback: Some(Fallback::MempoolInfoFromRelayFee),
+        ..read("mempool.get_info", Params::Any)
     },
-    m("mempool.get_fee_histogram", Read, Short, Verify::None),
-    m(
+    MethodInfo {
+        cache: Cache::Short,
+        ..read("mempool.get_fee_histogram", Params::Any)
+    },
+    MethodInfo {
+        policy: Policy::Quorum,
+        vote: Vote::Balance,
+        ..read("blockchain.scripthash.get_balance", Params::ScriptHash)
+    },
+    MethodInfo {
+        policy: Policy::Quorum,
+        vote: Vote::History,
+        ..read("blockchain.scripthash.get_history", Params::ScriptHash)
+    },
+    MethodInfo {
+        fallback: Some(Fallback::MempoolFromHistory),
+        ..read("blockchain.scripthash.get_mempool", Params::ScriptHash)
+    },
+    MethodInfo {
+        policy: Policy::Quorum,
+        vote: Vote::Unspent,
+        ..read("blockchain.scripthash.listunspent", Params::ScriptHash)
+    },
+    MethodInfo {
+        kind: Kind::Subscription,
+        ..read("blockchain.scripthash.subscribe", Params::ScriptHash)
+    },
+    MethodInfo {
+        kind: Kind::Unsubscribe,
+        policy: Policy::Local,
+        ..read("blockchain.scripthash.unsubscribe", Params::ScriptHash)
+    },
+    // Transactions and proofs are checked against the verified chain, whatever the
+    // upstream's tip.
+    MethodInfo {
+        tip: false,
+        cache: Cache::Immutable,
+        check: Check::Transaction,
+        ..read("blockchain.transaction.get", Params::Transaction)
+    },
+    MethodInfo {
+        tip: false,
+        cache: Cache::Immutable,
+        check: Check::Merkle,
+        ..read("blockchain.transaction.get_merkle", Params::Merkle)
+    },
+    MethodInfo {
+        tip: false,
+        cache: Cache::Immutable,
+        check: Check::TxAtPosition,
+        ..read("blockchain.transaction.id_from_pos", Params::IdFromPos)
+    },
+    MethodInfo {
+        kind: Kind::Broadcast,
+        policy: Policy::Broadcast,
+        tip: false,
+        check: Check::Broadcast,
+        ..read("blockchain.transaction.broadcast", Params::RawTransaction)
+    },
+    MethodInfo {
+        kind: Kind::Broadcast,
+        policy: Policy::Broadcast,
+        tip: false,
+        since: (1, 6),
+        ..read("blockchain.transaction.broadcast_package", Params::Any)
+    },
+    address(
+        "blockchain.address.get_balance",
+        Kind::Read,
         "blockchain.scripthash.get_balance",
-        Read,
-        Never,
-        Verify::None,
     ),
-    m(
+    address(
+        "blockchain.address.get_history",
+        Kind::Read,
         "blockchain.scripthash.get_history",
-        Read,
-        Never,
-        Verify::History,
     ),
-    m(
+    address(
+        "blockchain.address.get_mempool",
+        Kind::Read,
         "blockchain.scripthash.get_mempool",
-        Read,
-        Never,
-        Verify::None,
     ),
-    m(
+    address(
+        "blockchain.address.listunspent",
+        Kind::Read,
         "blockchain.scripthash.listunspent",
-        Read,
-        Never,
-        Verify::None,
     ),
-    m(
+    address(
+        "blockchain.address.subscribe",
+        Kind::Subscription,
         "blockchain.scripthash.subscribe",
-        Subscription,
-        Never,
-        Verify::Status,
     ),
-    MethodInfo {
-        since: (1, 4),
-        ..m(
-            "blockchain.scripthash.unsubscribe",
-            Unsubscribe,
-            Never,
-            Verify::None,
-        )
-    },
-    m(
-        "blockchain.transaction.get",
-        Read,
-        Immutable,
-        Verify::Transaction,
+    address(
+        "blockchain.address.unsubscribe",
+        Kind::Unsubscribe,
+        "blockchain.scripthash.unsubscribe",
     ),
-    m(
-        "blockchain.transaction.get_merkle",
-        Read,
-        Immutable,
-        Verify::Merkle,
-    ),
-    m(
-        "blockchain.transaction.id_from_pos",
-        Read,
-        Immutable,
-        Verify::Merkle,
-    ),
-    m(
-        "blockchain.transaction.broadcast",
-        Broadcast,
-        Never,
-        Verify::Broadcast,
-    ),
-    MethodInfo {
-        since: (1, 6),
-        ..m(
-            "blockchain.transaction.broadcast_package",
-            Broadcast,
-            Never,
-            Verify::None,
-        )
-    },
-    addr("blockchain.address.get_balance", Read),
-    addr("blockchain.address.get_history", Read),
-    addr("blockchain.address.get_mempool", Read),
-    addr("blockchain.address.listunspent", Read),
-    addr("blockchain.address.subscribe", Subscription),
-    addr("blockchain.address.unsubscribe", Unsubscribe),
 ];
 
 /// Looks a method up by its wire name.
@@ -208,9 +370,7 @@ pub fn lookup(name: &str) -> Option<&'static MethodInfo> {
 
 /// For a `blockchain.address.*` method, the `blockchain.scripthash.*` method it becomes.
 pub fn scripthash_twin(name: &str) -> Option<&'static str> {
-    let rest = name.strip_prefix("blockchain.address.")?;
-    let twin = format!("blockchain.scripthash.{rest}");
-    METHODS.iter().find(|m| m.name == twin).map(|m| m.name)
+    lookup(name)?.twin
 }
 
 /// Parses a protocol version string such as `"1.4"` or `"1.4.2"` into (major, minor, patch).
@@ -281,24 +441,72 @@ mod tests {
     fn catalogue_lookups() {
         assert_eq!(
             lookup("blockchain.transaction.get").unwrap().cache,
-            Immutable
+            Cache::Immutable
         );
         assert_eq!(
             lookup("blockchain.scripthash.subscribe").unwrap().kind,
-            Subscription
+            Kind::Subscription
         );
-        assert_eq!(lookup("server.ping").unwrap().kind, Local);
+        assert_eq!(lookup("server.ping").unwrap().kind, Kind::Local);
         assert!(lookup("no.such").is_none());
         assert_eq!(
             scripthash_twin("blockchain.address.listunspent"),
             Some("blockchain.scripthash.listunspent")
         );
         assert_eq!(scripthash_twin("blockchain.scripthash.listunspent"), None);
-        // Every name is unique.
+        // Every name is unique, and every twin is a scripthash method of the same kind.
         let mut names: Vec<_> = METHODS.iter().map(|m| m.name).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), METHODS.len());
+        for m in METHODS.iter().filter(|m| m.takes_address()) {
+            let twin = lookup(m.twin.unwrap()).expect("twin in the catalogue");
+            assert_eq!(twin.kind, m.kind, "{}", m.name);
+            assert!(twin.twin.is_none());
+        }
+    }
+
+    #[test]
+    fn rows_are_consistent() {
+        for m in METHODS {
+            // Local methods are never routed, so nothing about upstreams applies to them.
+            if m.kind == Kind::Local || m.kind == Kind::Headers {
+                assert_eq!(m.policy, Policy::Local, "{}", m.name);
+                assert_eq!(m.cache, Cache::Never, "{}", m.name);
+            }
+            // Only reads are cached; only voted reads have a vote rule other than Whole.
+            if m.cache != Cache::Never {
+                assert_eq!(m.kind, Kind::Read, "{}", m.name);
+            }
+            if m.vote != Vote::Whole {
+                assert_eq!(m.policy, Policy::Quorum, "{}", m.name);
+            }
+            // Answers proven against the verified chain do not depend on an upstream's tip.
+            if m.check != Check::None && m.kind == Kind::Read {
+                assert!(!m.tip, "{}", m.name);
+            }
+        }
+        let p = |n| lookup(n).unwrap().policy;
+        assert_eq!(p("blockchain.estimatefee"), Policy::Median);
+        assert_eq!(p("mempool.get_info"), Policy::Median);
+        assert_eq!(p("blockchain.transaction.broadcast"), Policy::Broadcast);
+        assert_eq!(p("blockchain.scripthash.get_history"), Policy::Quorum);
+        assert_eq!(p("blockchain.scripthash.get_mempool"), Policy::Fastest);
+        assert_eq!(p("blockchain.transaction.get"), Policy::Fastest);
+        assert_eq!(p("server.banner"), Policy::Local);
+    }
+
+    #[test]
+    fn availability_by_protocol() {
+        let relayfee = lookup("blockchain.relayfee").unwrap();
+        assert!(relayfee.available_at((1, 4, 0)));
+        assert!(!relayfee.available_at((1, 6, 0)));
+        let info = lookup("mempool.get_info").unwrap();
+        assert!(!info.available_at((1, 5, 0)));
+        assert!(info.available_at((1, 6, 0)));
+        assert!(lookup("blockchain.address.get_balance")
+            .unwrap()
+            .available_at((1, 6, 0)));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl Call<'_> {
         };
         let max = self.faults.protocol_max();
         let max = (max.0, max.1);
-        if info.address || info.since > max {
+        if info.takes_address() || info.since > max {
             return not_found();
         }
         if method == "blockchain.scripthash.get_mempool" && max <= (1, 4) {

@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::gateway::Ctx;
-use crate::pool::Upstream;
+use crate::gateway::services::Core;
+use crate::gateway::upstream::Upstream;
 use crate::protocol::methods::METHODS;
 use crate::transport::ServerUrl;
 
@@ -29,10 +29,10 @@ fn invalid(msg: impl Into<String>) -> ErrorObjectOwned {
 }
 
 /// The admin methods over a gateway context.
-pub fn module(ctx: Arc<Ctx>) -> anyhow::Result<RpcModule<Ctx>> {
+pub fn module(ctx: Arc<Core>) -> anyhow::Result<RpcModule<Core>> {
     let mut m = RpcModule::from_arc(ctx);
     m.register_method("upstreams.list", |_, ctx, _| {
-        Ok::<_, ErrorObjectOwned>(super::status::upstreams(ctx))
+        Ok::<_, ErrorObjectOwned>(super::status::upstreams(&ctx.snapshot()))
     })?;
     m.register_method("upstreams.cordon", |p, ctx, _| cordon(ctx, &p, true))?;
     m.register_method("upstreams.uncordon", |p, ctx, _| cordon(ctx, &p, false))?;
@@ -54,7 +54,7 @@ fn argument(p: &Params, key: &str) -> Result<Value, ErrorObjectOwned> {
 }
 
 /// Finds an upstream by slot index, `host:port` name or full URL.
-fn find<'a>(ctx: &'a Ctx, which: &Value) -> Result<&'a Arc<Upstream>, ErrorObjectOwned> {
+fn find<'a>(ctx: &'a Core, which: &Value) -> Result<&'a Arc<Upstream>, ErrorObjectOwned> {
     let ups = ctx.pool.upstreams();
     let index = match which {
         Value::Number(n) => n.as_u64(),
@@ -75,7 +75,7 @@ fn find<'a>(ctx: &'a Ctx, which: &Value) -> Result<&'a Arc<Upstream>, ErrorObjec
     })
 }
 
-fn cordon(ctx: &Ctx, p: &Params, on: bool) -> Result<Value, ErrorObjectOwned> {
+fn cordon(ctx: &Core, p: &Params, on: bool) -> Result<Value, ErrorObjectOwned> {
     let up = find(ctx, &argument(p, "upstream")?)?;
     let was = up.cordoned.swap(on, Ordering::Relaxed);
     let name = up.name();
@@ -92,12 +92,12 @@ fn cordon(ctx: &Ctx, p: &Params, on: bool) -> Result<Value, ErrorObjectOwned> {
         ctx.metrics.event(kind, Some(&name), what.to_string());
     }
     Ok(super::status::upstream_json(
-        up,
+        &up.view(),
         ctx.pool.best_tip().as_ref(),
     ))
 }
 
-fn add(ctx: &Ctx, p: &Params) -> Result<Value, ErrorObjectOwned> {
+fn add(ctx: &Core, p: &Params) -> Result<Value, ErrorObjectOwned> {
     let arg = argument(p, "url")?;
     let text = arg
         .as_str()
@@ -138,7 +138,7 @@ fn lower<T: std::fmt::Debug>(v: T) -> String {
 }
 
 /// The routing policy of every catalogue method, with what the catalogue says about it.
-pub fn policy(ctx: &Ctx) -> Value {
+pub fn policy(ctx: &Core) -> Value {
     let mut out = Map::new();
     for m in METHODS {
         out.insert(
@@ -147,8 +147,10 @@ pub fn policy(ctx: &Ctx) -> Value {
                 "policy": ctx.cfg.policy(m.name).as_str(),
                 "configured": ctx.cfg.routing.policy.contains_key(m.name),
                 "kind": lower(m.kind),
+                "tip": m.tip,
                 "cache": lower(m.cache),
-                "verify": lower(m.verify),
+                "check": lower(m.check),
+                "vote": lower(m.vote),
             }),
         );
     }

@@ -17,9 +17,9 @@
 //! `Authorization: Bearer <token>`. Without a token, admin calls must name a loopback host in
 //! their `Host` header, so a web page cannot reach the API through DNS rebinding.
 
-pub mod admin;
-pub mod explorer;
-pub mod status;
+pub(crate) mod admin;
+pub(crate) mod explorer;
+pub(crate) mod status;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::layer::util::Identity;
 
-use crate::gateway::Ctx;
+use super::services::Core;
 
 /// The status page: one file, inline CSS and JavaScript, no external assets.
 pub const STATUS_PAGE: &str = include_str!("status.html");
@@ -53,7 +53,7 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<HttpBody>, Box
 /// Binds the HTTP listener and serves it until the gateway shuts down; returns the bound
 /// address (the port may be 0 in `addr`). Refuses a non-loopback address unless
 /// `[listen] admin_token` is set.
-pub async fn serve_http(ctx: Arc<Ctx>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn serve_http(ctx: Arc<Core>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let token = ctx.cfg.listen.admin_token.clone();
     if !addr.ip().is_loopback() && token.is_empty() {
         anyhow::bail!(
@@ -65,7 +65,6 @@ pub async fn serve_http(ctx: Arc<Ctx>, addr: SocketAddr) -> anyhow::Result<Socke
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    ctx.metrics.attach(&ctx);
     let (stop, server_handle) = jsonrpsee::server::stop_channel();
     let config = ServerConfig::builder()
         .http_only()
@@ -121,7 +120,7 @@ pub async fn serve_http(ctx: Arc<Ctx>, addr: SocketAddr) -> anyhow::Result<Socke
 /// Routes one HTTP request.
 #[derive(Clone)]
 struct HttpService {
-    ctx: Arc<Ctx>,
+    ctx: Arc<Core>,
     rpc: RpcService,
     token: Option<Arc<str>>,
 }
@@ -208,10 +207,10 @@ impl HttpService {
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                ctx.metrics.render(ctx),
+                ctx.metrics.render(&ctx.snapshot()),
             ),
             "/health" => {
-                let (ok, body) = status::health(ctx);
+                let (ok, body) = status::health(&ctx.snapshot());
                 let code = if ok {
                     StatusCode::OK
                 } else {
@@ -219,7 +218,10 @@ impl HttpService {
                 };
                 json(code, &body)
             }
-            "/status" => json(StatusCode::OK, &status::status(ctx)),
+            "/status" => json(
+                StatusCode::OK,
+                &status::status(&ctx.snapshot(), ctx.metrics.events()),
+            ),
             "/" | "/index.html" => {
                 let mut r = respond(
                     StatusCode::OK,

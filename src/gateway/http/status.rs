@@ -1,23 +1,18 @@
-//! What `/status` and `/health` say, built from the live pool, hub and router state.
+//! What `/status` and `/health` say, built from a [`Snapshot`] of the gateway.
 //!
 //! The same upstream view serves the status page, the admin API's `upstreams.list` and the
 //! health check, so an operator never sees two versions of the truth.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::gateway::Ctx;
-use crate::metrics::{is_healthy, now_ms, state_name};
-use crate::pool::{Tip, Upstream};
+use crate::metrics::{now_ms, Event, Snapshot, UpstreamView};
+use crate::protocol::Tip;
 
 /// The block hash of a tip's header, if its hex decodes to a header.
 pub fn tip_hash(tip: &Tip) -> Option<String> {
-    use bitcoin::hex::FromHex;
-    let bytes = Vec::<u8>::from_hex(&tip.hex).ok()?;
-    let header: bitcoin::block::Header = bitcoin::consensus::deserialize(&bytes).ok()?;
-    Some(header.block_hash().to_string())
+    tip.block_hash().map(|h| h.to_string())
 }
 
 fn tip_json(tip: &Tip) -> Value {
@@ -33,61 +28,61 @@ fn round3(x: f64) -> f64 {
 }
 
 /// One upstream as the status page and the admin API show it.
-pub fn upstream_json(up: &Upstream, best: Option<&Tip>) -> Value {
-    let stats = up.stats();
-    let tip = up.tip();
-    let lag = match (&tip, best) {
-        (Some(t), Some(b)) => Some(b.height.saturating_sub(t.height)),
-        _ => None,
-    };
+pub fn upstream_json(up: &UpstreamView, best: Option<&Tip>) -> Value {
     json!({
-        "index": up.id,
-        "name": up.name(),
-        "url": up.url().to_string(),
-        "state": state_name(up.state()),
-        "connections": up.connected(),
-        "healthy": is_healthy(up, best),
-        "cordoned": up.cordoned.load(Ordering::Relaxed),
-        "tip": tip.as_ref().map(tip_json),
-        "lag": lag,
+        "index": up.index,
+        "name": up.name,
+        "url": up.url,
+        "state": up.state.as_str(),
+        "connections": up.connections,
+        "healthy": up.healthy(best),
+        "cordoned": up.cordoned,
+        "tip": up.tip.as_ref().map(tip_json),
+        "lag": up.lag(best),
+        "in_step": up.standing.in_step(),
+        "demoted": up.standing.demoted.map(|d| d.as_str()),
+        "sitting_out": up.standing.sitting_out(),
+        "strikes": up.standing.strikes,
         "latency_ms": {
-            "ewma": stats.ewma_ms.map(round3),
-            "p50": ms(up.percentile(0.5)),
-            "p90": ms(up.p90()),
+            "ewma": up.ewma_ms.map(round3),
+            "p50": ms(up.p50),
+            "p90": ms(up.p90),
         },
-        "software": stats.software,
-        "protocol": stats.protocol,
-        "score": round3(up.score()),
-        "answered": stats.answered,
-        "failed": stats.failed,
-        "error_rate": round3(stats.error_rate),
-        "reconnects": stats.reconnects,
-        "consecutive_failures": stats.consecutive_failures,
-        "last_error": stats.last_error,
-        "last_success_ms": stats.last_success
+        "software": up.software,
+        "protocol": up.protocol,
+        "score": round3(up.score),
+        "answered": up.answered,
+        "failed": up.failed,
+        "error_rate": round3(up.error_rate),
+        "reconnects": up.reconnects,
+        "consecutive_failures": up.consecutive_failures,
+        "last_error": up.last_error,
+        "last_success_ms": up.last_success
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64),
     })
 }
 
 /// Every upstream slot, in slot order.
-pub fn upstreams(ctx: &Ctx) -> Vec<Value> {
-    let best = ctx.pool.best_tip();
-    ctx.pool
-        .upstreams()
+pub fn upstreams(snap: &Snapshot) -> Vec<Value> {
+    let best = snap.best_tip.as_ref();
+    snap.upstreams
         .iter()
-        .map(|u| upstream_json(u, best.as_ref()))
+        .map(|u| upstream_json(u, best))
         .collect()
 }
 
 /// Upstreams grouped by the tip they announce, highest first: more than one group at the
 /// same height means upstreams disagree about the chain.
-pub fn tip_agreement(ctx: &Ctx) -> Vec<Value> {
+pub fn tip_agreement(snap: &Snapshot) -> Vec<Value> {
     let mut groups: BTreeMap<(u32, String), Vec<String>> = BTreeMap::new();
-    for up in ctx.pool.upstreams() {
-        if let Some(t) = up.tip() {
-            let hash = tip_hash(&t).unwrap_or_default();
-            groups.entry((t.height, hash)).or_default().push(up.name());
+    for up in &snap.upstreams {
+        if let Some(t) = &up.tip {
+            let hash = tip_hash(t).unwrap_or_default();
+            groups
+                .entry((t.height, hash))
+                .or_default()
+                .push(up.name.clone());
         }
     }
     let mut per_height: BTreeMap<u32, usize> = BTreeMap::new();
@@ -109,72 +104,56 @@ pub fn tip_agreement(ctx: &Ctx) -> Vec<Value> {
 }
 
 /// The health verdict: can the gateway serve wallets now? With the reason when not.
-pub fn health(ctx: &Ctx) -> (bool, Value) {
-    let best = ctx.pool.best_tip();
-    let ups = ctx.pool.upstreams();
-    let connected: Vec<_> = ups.iter().filter(|u| u.connected() > 0).collect();
-    let healthy = ups.iter().filter(|u| is_healthy(u, best.as_ref())).count();
-    let reason = if connected.is_empty() {
-        Some("no upstream is connected".to_string())
-    } else if best.is_none() {
-        Some("no upstream has announced a tip yet".to_string())
-    } else if connected.iter().all(|u| u.cordoned.load(Ordering::Relaxed)) {
-        Some("every connected upstream is cordoned".to_string())
-    } else if healthy == 0 {
-        Some(format!(
-            "no usable upstream is at the best tip (height {})",
-            best.as_ref().map(|t| t.height).unwrap_or(0)
-        ))
-    } else {
-        None
-    };
+pub fn health(snap: &Snapshot) -> (bool, Value) {
+    let reason = snap.unhealthy_reason();
     let ok = reason.is_none();
     let body = json!({
         "status": if ok { "ok" } else { "unavailable" },
         "reason": reason,
-        "upstreams": ups.len(),
-        "upstreams_connected": connected.len(),
-        "upstreams_healthy": healthy,
-        "tip": best.as_ref().map(|t| t.height),
+        "upstreams": snap.upstreams.len(),
+        "upstreams_connected": snap.upstreams.iter().filter(|u| u.connections > 0).count(),
+        "upstreams_healthy": snap.healthy(),
+        "tip": snap.best_tip.as_ref().map(|t| t.height),
     });
     (ok, body)
 }
 
 /// The whole `/status` document.
-pub fn status(ctx: &Ctx) -> Value {
-    let best = ctx.pool.best_tip();
-    let (healthy, health) = health(ctx);
-    let hub = &ctx.hub;
-    let session_subs = hub.session_subscriptions();
-    let upstream_subs = hub.upstream_subscriptions();
-    let rs = &ctx.router.stats;
+pub fn status(snap: &Snapshot, events: Vec<Event>) -> Value {
+    let (healthy, health) = health(snap);
+    let subs = &snap.subscriptions;
+    let c = &snap.counters;
     json!({
-        "software": ctx.software(),
-        "network": ctx.network.to_string(),
+        "software": snap.software,
+        "network": snap.network.to_string(),
         "time_ms": now_ms(),
         "healthy": healthy,
         "health": health,
-        "best_tip": best.as_ref().map(tip_json),
-        "upstreams": upstreams(ctx),
-        "tip_agreement": tip_agreement(ctx),
-        "candidates": ctx.pool.candidates().len(),
-        "sessions": ctx.sessions(),
+        "best_tip": snap.best_tip.as_ref().map(tip_json),
+        "upstreams": upstreams(snap),
+        "tip_agreement": tip_agreement(snap),
+        "candidates": snap.candidates,
+        "sessions": snap.sessions,
         "subscriptions": {
-            "scripthashes": hub.scripthashes(),
-            "sessions": session_subs,
-            "upstream": upstream_subs,
-            "fan_in": (upstream_subs > 0)
-                .then(|| round3(session_subs as f64 / upstream_subs as f64)),
+            "scripthashes": subs.scripthashes,
+            "sessions": subs.sessions,
+            "upstream": subs.upstream,
+            "fan_in": (subs.upstream > 0)
+                .then(|| round3(subs.sessions as f64 / subs.upstream as f64)),
         },
         "counters": {
-            "failovers": ctx.pool.failovers.load(Ordering::Relaxed),
-            "hedges": rs.hedges.load(Ordering::Relaxed),
-            "retries": rs.retries.load(Ordering::Relaxed),
-            "quorum_disagreements": rs.disagreements.load(Ordering::Relaxed),
-            "subscription_moves": hub.moves.load(Ordering::Relaxed),
-            "notifications": hub.notifications.load(Ordering::Relaxed),
+            "failovers": c.failovers,
+            "hedges": c.hedges,
+            "retries": c.retries,
+            "quorum_disagreements": c.disagreements,
+            "subscription_moves": c.subscription_moves,
+            "notifications": c.notifications,
+            "reorgs": c.reorgs,
+            "cache_hits": c.cache_hits,
+            "cache_misses": c.cache_misses,
+            "verification_failures": c.failures.iter().map(|(r, n)| (r.as_str(), *n)).collect::<BTreeMap<_, _>>(),
         },
-        "events": ctx.metrics.events(),
+        "events": events,
     })
 }
 

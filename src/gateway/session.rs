@@ -1,0 +1,542 @@
+//! The wallet-facing side: one session per wallet connection.
+//!
+//! A session reads messages and parses each request once into a typed [`Call`]. It answers
+//! `server.version` at once (in order, so it takes effect before what follows it) and runs
+//! every other request as its own task, so a slow upstream answer never holds up the rest. At
+//! most `max_pending_per_session` requests are in flight; past that the session stops reading
+//! (backpressure) instead of failing requests. All writes go through the session loop, which
+//! orders subscription replies before the notifications that follow them ([`ReplyOrder`]).
+
+use futures::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{SessionEvent, SessionHandle, SessionId};
+use super::local;
+use super::order::{Confirms, ReplyOrder};
+use super::router::unavailable;
+use super::services::Core;
+use crate::metrics::method_label;
+use crate::protocol::error::EXCESSIVE_RESOURCE_USAGE;
+use crate::protocol::methods::{Kind, PROTOCOL_MIN};
+use crate::protocol::{
+    Args, Call, Id, Incoming, Message, Notification, ParseContext, Request, Response, RpcError, Tip,
+};
+use crate::transport::{FrameSink, Framed};
+
+/// One finished request (or batch) for the session loop to write.
+struct Outgoing {
+    line: Option<String>,
+    confirms: Confirms,
+    /// How many requests this completes.
+    done: usize,
+}
+
+/// How a subscription was asked for, so notifications use the wallet's own form.
+#[derive(Debug, Default)]
+struct Forms {
+    by_scripthash: bool,
+    addresses: HashSet<String>,
+}
+
+/// Shared, read-mostly state of a session that request tasks consult.
+struct Shared {
+    id: SessionId,
+    /// Negotiated protocol as major*10000 + minor*100 + patch.
+    protocol: AtomicU32,
+    handle: SessionHandle,
+    /// Subscription forms by scripthash.
+    forms: Mutex<HashMap<String, Forms>>,
+}
+
+fn encode_version(v: (u32, u32, u32)) -> u32 {
+    v.0 * 10000 + v.1 * 100 + v.2
+}
+
+impl Shared {
+    fn protocol(&self) -> (u32, u32, u32) {
+        let p = self.protocol.load(Ordering::Relaxed);
+        (p / 10000, (p / 100) % 100, p % 100)
+    }
+}
+
+/// A request the session loop has read: parsed into a call, or refused.
+struct Read {
+    id: Option<Id>,
+    label: &'static str,
+    call: Result<Call, RpcError>,
+}
+
+fn read_request(core: &Core, shared: &Shared, req: Request) -> Read {
+    let cx = ParseContext {
+        network: core.network,
+        protocol: shared.protocol(),
+        policies: &core.cfg.routing.policy,
+    };
+    Read {
+        label: method_label(&req.method),
+        call: Call::parse(&req.method, &req.params, req.params_object, &cx),
+        id: req.id,
+    }
+}
+
+fn as_request(m: Message) -> Result<Request, Response> {
+    match m {
+        Message::Request(r) => Ok(r),
+        Message::Notification(n) => Ok(Request {
+            id: None,
+            method: n.method,
+            params: n.params,
+            params_object: false,
+        }),
+        Message::Response(r) => Err(Response::err(
+            r.id,
+            RpcError::invalid_request("a wallet sends requests, not responses"),
+        )),
+    }
+}
+
+/// Serves one wallet connection until it closes, idles out, or the gateway shuts down.
+pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
+    let Framed {
+        mut sink,
+        mut stream,
+    } = framed;
+    let id = core.next_session_id();
+    let limits = &core.cfg.limits;
+    let (ev_tx, mut ev_rx) = mpsc::channel::<SessionEvent>(4096);
+    let kill = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        id,
+        protocol: AtomicU32::new(encode_version(PROTOCOL_MIN)),
+        handle: SessionHandle {
+            id,
+            tx: ev_tx,
+            kill: kill.clone(),
+        },
+        forms: Mutex::new(HashMap::new()),
+    });
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(limits.max_pending_per_session + 8);
+    let mut pending = 0usize;
+    let mut unflushed = 0usize;
+    let mut version_done = false;
+    let mut tip_rx = core.pool.tip_watch();
+    let mut order = ReplyOrder::default();
+    let idle = crate::config::secs(limits.idle_timeout_secs);
+    let idle = if idle.is_zero() {
+        Duration::from_secs(u64::MAX / 4)
+    } else {
+        idle
+    };
+    tracing::debug!(session = id, %peer, "wallet connected");
+    core.count_session(1);
+
+    let close_reason: String = loop {
+        let can_read = pending < limits.max_pending_per_session;
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => break "too slow to take notifications".into(),
+            _ = core.shutdown.cancelled() => break "gateway shutting down".into(),
+            Some(out) = out_rx.recv() => {
+                pending = pending.saturating_sub(out.done);
+                if let Some(line) = out.line {
+                    if feed(&mut sink, line).await.is_err() {
+                        break "write failed".into();
+                    }
+                }
+                // Notifications that arrived while a subscription reply was in flight follow
+                // the reply, in order, if they differ from what the reply said.
+                let current = tip_rx.borrow().clone();
+                let follow = order.replied(out.confirms, current.as_ref());
+                let mut lines = Vec::new();
+                for (sh, status) in &follow.statuses {
+                    lines.extend(notification_lines(&shared, sh, status));
+                }
+                lines.extend(follow.tip.as_ref().map(header_notification));
+                if feed_all(&mut sink, lines).await.is_err() {
+                    break "write failed".into();
+                }
+                // Answers that are ready together go out in one write: let the request
+                // tasks that are ready run first, so their answers join this one.
+                unflushed += 1;
+                if unflushed < 64 && out_rx.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                if unflushed >= 64 || out_rx.is_empty() {
+                    unflushed = 0;
+                    if flush(&mut sink).await.is_err() {
+                        break "write failed".into();
+                    }
+                }
+            }
+            Some(ev) = ev_rx.recv() => {
+                let SessionEvent::Status { scripthash, status } = ev;
+                if !order.status(&scripthash, &status) {
+                    continue;
+                }
+                let lines = notification_lines(&shared, &scripthash, &status);
+                if feed_all(&mut sink, lines).await.is_err() || flush(&mut sink).await.is_err() {
+                    break "write failed".into();
+                }
+            }
+            changed = tip_rx.changed() => {
+                if changed.is_err() {
+                    break "gateway shutting down".into();
+                }
+                let current = tip_rx.borrow_and_update().clone();
+                if let Some(tip) = order.tip(current.as_ref()) {
+                    if write(&mut sink, header_notification(&tip)).await.is_err() {
+                        break "write failed".into();
+                    }
+                }
+            }
+            line = tokio::time::timeout(idle, stream.next()), if can_read => {
+                let line = match line {
+                    Err(_) => break "idle timeout".into(),
+                    Ok(None) => break "closed by wallet".into(),
+                    Ok(Some(Err(e))) => {
+                        // Over-long line or broken stream: say why, then close.
+                        let resp = Response::err(Id::Null, RpcError::invalid_request(format!("{e}")));
+                        let _ = write(&mut sink, resp.to_json()).await;
+                        break format!("read error: {e}");
+                    }
+                    Ok(Some(Ok(line))) => line,
+                };
+                let incoming = match crate::protocol::parse(&line) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let resp = Response::err(e.id(), e.to_rpc_error());
+                        if write(&mut sink, resp.to_json()).await.is_err() {
+                            break "write failed".into();
+                        }
+                        continue;
+                    }
+                };
+                match incoming {
+                    Incoming::Single(m) => {
+                        let req = match as_request(m) {
+                            Ok(req) => req,
+                            Err(resp) => {
+                                if write(&mut sink, resp.to_json()).await.is_err() {
+                                    break "write failed".into();
+                                }
+                                continue;
+                            }
+                        };
+                        let read = read_request(&core, &shared, req);
+                        // server.version is answered here, in order.
+                        if let Some(resp) = version(&core, &shared, &read, &mut version_done) {
+                            if let Some(line) = resp {
+                                if write(&mut sink, line).await.is_err() {
+                                    break "write failed".into();
+                                }
+                            }
+                            continue;
+                        }
+                        note_subscription(&read, &mut order);
+                        pending += 1;
+                        let core = core.clone();
+                        let shared = shared.clone();
+                        let out_tx = out_tx.clone();
+                        tokio::spawn(async move {
+                            let has_id = read.id.is_some();
+                            let (resp, confirms) = handle(&core, &shared, read).await;
+                            let line = has_id.then(|| resp.to_json());
+                            let _ = out_tx.send(Outgoing { line, confirms, done: 1 }).await;
+                        });
+                    }
+                    Incoming::Batch(items) => {
+                        let mut lines = Vec::new();
+                        let mut remote = Vec::new();
+                        for item in items {
+                            let req = match item.map_err(|(id, e)| Response::err(id.unwrap_or(Id::Null), e)).and_then(as_request) {
+                                Ok(req) => req,
+                                Err(resp) => {
+                                    lines.push(resp.to_json());
+                                    continue;
+                                }
+                            };
+                            let read = read_request(&core, &shared, req);
+                            if let Some(resp) = version(&core, &shared, &read, &mut version_done) {
+                                lines.extend(resp);
+                                continue;
+                            }
+                            note_subscription(&read, &mut order);
+                            remote.push(read);
+                        }
+                        let n = remote.len();
+                        pending += n;
+                        let core = core.clone();
+                        let shared = shared.clone();
+                        let out_tx = out_tx.clone();
+                        tokio::spawn(async move {
+                            let results = futures::future::join_all(remote.into_iter().map(|read| {
+                                let core = core.clone();
+                                let shared = shared.clone();
+                                async move {
+                                    let has_id = read.id.is_some();
+                                    let (resp, c) = handle(&core, &shared, read).await;
+                                    (has_id, resp, c)
+                                }
+                            })).await;
+                            let mut confirms = Confirms::default();
+                            for (has_id, resp, c) in results {
+                                if has_id {
+                                    lines.push(resp.to_json());
+                                }
+                                confirms.merge(c);
+                            }
+                            let line = (!lines.is_empty()).then(|| crate::protocol::batch_to_json(lines));
+                            let _ = out_tx.send(Outgoing { line, confirms, done: n }).await;
+                        });
+                    }
+                }
+            }
+        }
+    };
+    tracing::debug!(session = id, %peer, reason = %close_reason, "wallet disconnected");
+    let subs: Vec<String> = shared
+        .forms
+        .lock()
+        .map(|f| f.keys().cloned().collect())
+        .unwrap_or_default();
+    core.hub.drop_session(subs, id);
+    core.count_session(-1);
+    let _ = sink.close().await;
+}
+
+/// Queues a line without sending it; [`flush`] sends everything queued in one write.
+async fn feed(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(60), sink.feed(line)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}
+
+async fn feed_all(sink: &mut FrameSink, lines: Vec<String>) -> std::io::Result<()> {
+    for line in lines {
+        feed(sink, line).await?;
+    }
+    Ok(())
+}
+
+async fn flush(sink: &mut FrameSink) -> std::io::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(60), sink.flush()).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}
+
+async fn write(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
+    feed(sink, line).await?;
+    flush(sink).await
+}
+
+/// Marks subscription replies in flight so notifications wait for them.
+fn note_subscription(read: &Read, order: &mut ReplyOrder) {
+    let Ok(call) = &read.call else { return };
+    match call.kind() {
+        Kind::Headers => order.header_request(),
+        Kind::Subscription => {
+            if let Some(sh) = call.scripthash() {
+                order.scripthash_request(sh);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn header_notification(tip: &Tip) -> String {
+    Notification {
+        method: "blockchain.headers.subscribe".into(),
+        params: vec![tip.to_value()],
+    }
+    .to_json()
+}
+
+fn notification_lines(shared: &Shared, sh: &str, status: &Value) -> Vec<String> {
+    let Ok(forms) = shared.forms.lock() else {
+        return Vec::new();
+    };
+    let Some(f) = forms.get(sh) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if f.by_scripthash {
+        out.push(
+            Notification {
+                method: "blockchain.scripthash.subscribe".into(),
+                params: vec![Value::String(sh.to_string()), status.clone()],
+            }
+            .to_json(),
+        );
+    }
+    for a in &f.addresses {
+        out.push(
+            Notification {
+                method: "blockchain.address.subscribe".into(),
+                params: vec![Value::String(a.clone()), status.clone()],
+            }
+            .to_json(),
+        );
+    }
+    out
+}
+
+/// Answers `server.version` in order: `None` when `read` is another request; else the line
+/// to write (None for a request without an id).
+fn version(core: &Core, shared: &Shared, read: &Read, done: &mut bool) -> Option<Option<String>> {
+    let call = read.call.as_ref().ok()?;
+    if !matches!(call.args, Args::Version(_)) {
+        return None;
+    }
+    let id = read.id.clone().unwrap_or(Id::Null);
+    let resp = if *done {
+        Response::err(id, RpcError::bad_request("server.version already sent"))
+    } else {
+        match local::version(core, call) {
+            Ok((v, answer)) => {
+                *done = true;
+                shared.protocol.store(encode_version(v), Ordering::Relaxed);
+                Response::ok_value(id, &answer)
+            }
+            Err(e) => Response::err(id, e),
+        }
+    };
+    Some(read.id.is_some().then(|| resp.to_json()))
+}
+
+/// Handles one request that is not `server.version`, within the request timeout, counted in
+/// the metrics by method and outcome.
+async fn handle(core: &Arc<Core>, shared: &Arc<Shared>, read: Read) -> (Response, Confirms) {
+    let id = read.id.unwrap_or(Id::Null);
+    let timeout = crate::config::secs(core.cfg.limits.request_timeout_secs);
+    let fut = core.metrics.track_request(read.label, async {
+        match read.call {
+            Ok(call) => dispatch(core, shared, call).await,
+            Err(e) => (Err(e), Confirms::default()),
+        }
+    });
+    match tokio::time::timeout(timeout, fut).await {
+        Ok((Ok(raw), confirms)) => (Response::ok(id, raw), confirms),
+        Ok((Err(e), confirms)) => (Response::err(id, e), confirms),
+        Err(_) => (
+            Response::err(id, unavailable("request timed out")),
+            Confirms::default(),
+        ),
+    }
+}
+
+fn raw<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, RpcError> {
+    serde_json::value::to_raw_value(v).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+/// Runs a call by its kind. A subscription's reply always confirms (with None when it failed),
+/// so the session's ordering state is released.
+async fn dispatch(
+    core: &Arc<Core>,
+    shared: &Arc<Shared>,
+    call: Call,
+) -> (Result<Box<RawValue>, RpcError>, Confirms) {
+    let mut confirms = Confirms::default();
+    let result = match call.kind() {
+        Kind::Local => local::answer(core, &call, shared.protocol()),
+        Kind::Headers => {
+            let tip = local::tip(core);
+            confirms.headers = Some(tip.as_ref().ok().cloned());
+            tip.and_then(|t| raw(&t.to_value()))
+        }
+        Kind::Subscription => {
+            let res = subscribe(core, shared, &call).await;
+            if let Some(sh) = call.scripthash() {
+                let status = res.as_ref().ok().cloned();
+                confirms.scripthashes.push((sh.to_string(), status));
+            }
+            res.and_then(|s| raw(&s))
+        }
+        Kind::Unsubscribe => unsubscribe(core, shared, &call),
+        Kind::Read | Kind::Broadcast => read(core, &call).await,
+    };
+    (result, confirms)
+}
+
+/// A routed read, in the form the wallet asked for.
+async fn read(core: &Core, call: &Call) -> Result<Box<RawValue>, RpcError> {
+    let answer = core.read(call).await?;
+    match call.args {
+        // id_from_pos is always asked with its merkle branch (what proves the txid); a wallet
+        // that did not ask for the branch gets the txid alone.
+        Args::IdFromPos { merkle: false, .. } => {
+            let v: Value = crate::protocol::from_raw(&answer)?;
+            raw(&v.get("tx_hash").cloned().unwrap_or(Value::Null))
+        }
+        _ => Ok(answer),
+    }
+}
+
+async fn subscribe(core: &Arc<Core>, shared: &Arc<Shared>, call: &Call) -> Result<Value, RpcError> {
+    let Some(sh) = call.scripthash() else {
+        return Err(RpcError::invalid_params("missing scripthash"));
+    };
+    {
+        let Ok(mut forms) = shared.forms.lock() else {
+            return Err(RpcError::internal("session state poisoned"));
+        };
+        if !forms.contains_key(sh) && forms.len() >= core.cfg.limits.max_subscriptions_per_session {
+            return Err(RpcError::new(
+                EXCESSIVE_RESOURCE_USAGE,
+                "too many subscriptions on this connection",
+            ));
+        }
+        let f = forms.entry(sh.to_string()).or_default();
+        match &call.address {
+            Some(a) => {
+                f.addresses.insert(a.clone());
+            }
+            None => f.by_scripthash = true,
+        }
+    }
+    match core.hub.subscribe(sh, shared.handle.clone()).await {
+        Ok(status) => Ok(status),
+        Err(e) => {
+            if let Ok(mut forms) = shared.forms.lock() {
+                forms.remove(sh);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn unsubscribe(core: &Core, shared: &Shared, call: &Call) -> Result<Box<RawValue>, RpcError> {
+    let Some(sh) = call.scripthash() else {
+        return Err(RpcError::invalid_params("missing scripthash"));
+    };
+    let Ok(mut forms) = shared.forms.lock() else {
+        return Err(RpcError::internal("session state poisoned"));
+    };
+    let Some(f) = forms.get_mut(sh) else {
+        return raw(&false);
+    };
+    let had = match &call.address {
+        Some(a) => f.addresses.remove(a),
+        None => std::mem::take(&mut f.by_scripthash),
+    };
+    if f.addresses.is_empty() && !f.by_scripthash {
+        forms.remove(sh);
+        core.hub.unsubscribe(sh, shared.id);
+    }
+    raw(&had)
+}
