@@ -3,12 +3,14 @@
 //! dashboard and alert rules; promtool checking the exposition and the rules; the status page
 //! rendered by headless Chromium; and the binary's log formats.
 //!
-//! Prometheus, promtool and Chromium are Debian packages that `.ci/run` installs. Under
-//! `CI=true` a missing one fails the test; elsewhere the test prints a note and skips.
+//! Prometheus, promtool and Chromium are Debian packages that `.ci/run` installs. The tests
+//! that drive them are ignored unless run with `cargo test -- --include-ignored`; then a
+//! missing program fails its test.
 
 mod common;
 
 use common::http::http;
+use common::programs::program;
 use common::{until, Net, Wallet, WAIT};
 use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
@@ -30,26 +32,6 @@ const THREE: [&str; 3] = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"];
 
 fn manifest(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// The path of an external program, or None (with a note) when it is not installed. Under CI
-/// a missing program is a failure: .ci/run installs it.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(p) => Some(p),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{name} is not installed; .ci/run installs it with apt-get (packages prometheus, chromium)")
-        }
-        None => {
-            eprintln!("note: {name} is not installed; skipping this test (apt-get install prometheus chromium)");
-            None
-        }
-    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -772,10 +754,10 @@ fn the_dashboard_is_importable_as_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs prometheus and promtool (apt-get install prometheus); run with: cargo test -- --include-ignored"]
 async fn prometheus_scrapes_the_gateway_and_answers_every_dashboard_and_alert_query() {
-    let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else {
-        return;
-    };
+    let prometheus = program("prometheus", "apt-get install prometheus");
+    let promtool = program("promtool", "apt-get install prometheus");
     let net = Net::start_http(&THREE).await;
     let (stop_load, load_task) = load(&net);
     let rules = manifest("dashboards/alerts.yml");
@@ -974,10 +956,9 @@ fn row_of<'a>(dom: &'a str, name: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium (apt-get install chromium); run with: cargo test -- --include-ignored"]
 async fn the_status_page_shows_upstreams_and_tips_in_chromium() {
-    let Some(chromium) = tool("chromium") else {
-        return;
-    };
+    let chromium = program("chromium", "apt-get install chromium");
     let net = Net::start_http(&["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0,lag=2"]).await;
     let tip = net.sim.tip_height();
     let names = net.names();

@@ -1,9 +1,11 @@
 //! Test helpers shared by the test binaries: a raw line-protocol wallet that sees exactly what
 //! the gateway writes, a gateway in front of simulated upstreams, a loopback HTTP client
-//! (`http`), bounded polling and a child-process guard.
+//! (`http`), bounded polling, child-process guards, and finding the external programs some
+//! tests drive (`programs`).
 #![allow(dead_code)]
 
 pub mod http;
+pub mod programs;
 
 use serde_json::{json, Value};
 use std::collections::VecDeque;
