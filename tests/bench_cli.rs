@@ -1,22 +1,15 @@
 //! `electrum-gateway bench` against the binary's own simulated server: short runs, checking
 //! what the JSON report says and that a bad server fails the command.
 
+mod common;
+
+use common::Running;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_electrum-gateway");
-
-/// A child process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `electrum-gateway sim` with the given endpoints and returns it with their URLs.
 fn sim(endpoints: &[&str]) -> (Running, Vec<String>) {

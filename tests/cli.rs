@@ -3,21 +3,12 @@
 
 mod common;
 
-use common::{Wallet, WAIT};
+use common::{Running, Wallet, WAIT};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_electrum-gateway");
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the binary and returns it with the first stdout line that contains `marker`.
 fn start(args: &[&str], marker: &'static str) -> (Running, String) {

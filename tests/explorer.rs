@@ -3,8 +3,8 @@
 //! status codes and escaping. What the pages show is compared with the simulator's own
 //! answers.
 //!
-//! Chromium is a Debian package that `.ci/run` installs. Under `CI=true` a missing one fails
-//! the browser test; elsewhere that test prints a note and skips.
+//! The browser test needs Chromium (a Debian package that `.ci/run` installs), so it is
+//! ignored unless run with `cargo test -- --include-ignored`; then a missing Chromium fails it.
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -13,105 +13,18 @@ mod common;
 use bitcoin::consensus::encode::deserialize;
 use bitcoin::hex::FromHex;
 use browser::Browser;
-use common::WAIT;
-use electrum_gateway::gateway::Gateway;
+use common::http::http;
+use common::programs::program;
+use common::Net;
 use electrum_gateway::sim::{Faults, Sim, SimConfig, ADDRESSES};
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 const THREE: [&str; 3] = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"];
-
-/// Polls an observable condition until it holds, or fails the test after `WAIT`.
-async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client: the tests see exactly what goes over the wire.
-
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_text = std::str::from_utf8(&body[..eol]).unwrap_or("0");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
-            .unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&body[start..start + size]);
-        body = &body[start + size + 2..];
-    }
-}
-
-async fn http(addr: SocketAddr, method: &str, path: &str) -> Reply {
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT * 2, s.read_to_end(&mut raw))
-        .await
-        .expect("HTTP reply timed out")
-        .unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP reply without a header end");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8(body).expect("UTF-8 body"),
-    }
-}
 
 /// The text of the element with `id` in server-rendered HTML (no nested elements of the
 /// same tag).
@@ -137,72 +50,6 @@ fn element_text(html: &str, id: &str) -> Option<String> {
         }
     }
     Some(text)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A gateway with its HTTP listener in front of upstreams.
-
-struct Net {
-    sim: Sim,
-    gw: Gateway,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Net {
-    /// A gateway in front of the simulator's endpoints.
-    async fn start(endpoints: &[&str]) -> Net {
-        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
-            .await
-            .unwrap();
-        let upstreams = sim.urls().iter().map(|u| u.to_string()).collect();
-        Net::in_front_of(sim, upstreams).await
-    }
-
-    /// A gateway in front of the given upstream URLs, which serve `sim`'s chain.
-    async fn in_front_of(sim: Sim, upstreams: Vec<String>) -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = common::test_config(upstreams, dir.path());
-        cfg.listen.http = "127.0.0.1:0".into();
-        let gw = Gateway::start(cfg).await.unwrap();
-        let http = gw.http_addr().expect("HTTP listener");
-        let net = Net {
-            sim,
-            gw,
-            http,
-            _dir: dir,
-        };
-        net.wait_ready().await;
-        net
-    }
-
-    /// Waits until every upstream is connected and announced a tip, and the verified tip is
-    /// the simulated chain's.
-    async fn wait_ready(&self) {
-        let ctx = self.gw.ctx().clone();
-        let height = self.sim.tip_height();
-        until("every upstream connected with a tip", || {
-            let ctx = ctx.clone();
-            async move {
-                let all = ctx
-                    .pool
-                    .upstreams()
-                    .iter()
-                    .all(|u| u.connected() > 0 && u.tip().is_some());
-                let best = ctx.pool.best_tip().is_some_and(|t| t.height == height);
-                (all && best).then_some(())
-            }
-        })
-        .await;
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        http(self.http, "GET", path).await
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.http)
-    }
 }
 
 fn header_of(sim: &Sim, height: u32) -> bitcoin::block::Header {
@@ -297,11 +144,10 @@ async fn check_confirmed_tx_page(b: &mut Browser, sim: &Sim, txid: &bitcoin::Txi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium (apt-get install chromium); run with: cargo test -- --include-ignored"]
 async fn the_explorer_in_chromium() {
-    let Some(chromium) = browser::tool("chromium") else {
-        return;
-    };
-    let net = Net::start(&THREE).await;
+    let chromium = program("chromium", "apt-get install chromium");
+    let net = Net::start_http(&THREE).await;
     let sim = &net.sim;
     let base = net.base();
     let tip = sim.tip_height();
@@ -485,7 +331,7 @@ async fn the_explorer_in_chromium() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_queries_get_clear_status_codes_and_nothing_is_injected() {
-    let net = Net::start(&THREE).await;
+    let net = Net::start_http(&THREE).await;
     let tip = net.sim.tip_height();
     let unknown = "11".repeat(32);
 
@@ -560,9 +406,9 @@ async fn bad_queries_get_clear_status_codes_and_nothing_is_injected() {
     );
     assert!(!r.body.contains("http://") && !r.body.contains("https://"));
     assert!(!r.body.contains("<script"));
-    let head = http(net.http, "HEAD", "/explorer").await;
+    let head = http(net.http_addr(), "HEAD", "/explorer", &[], None).await;
     assert_eq!((head.status, head.body.as_str()), (200, ""));
-    let post = http(net.http, "POST", "/explorer").await;
+    let post = http(net.http_addr(), "POST", "/explorer", &[], None).await;
     assert_eq!(post.status, 405);
 
     // A query with markup comes back as text, in the message and in the search box.
@@ -690,7 +536,7 @@ async fn without_verbose_transactions_the_block_comes_from_a_history() {
         let target: SocketAddr = url.authority().parse().unwrap();
         upstreams.push(format!("tcp://{}", start_proxy(target).await));
     }
-    let net = Net::in_front_of(sim, upstreams).await;
+    let net = Net::http_in_front_of(sim, upstreams).await;
     let tip = net.sim.tip_height();
 
     // Confirmed: found through the history of an output's script, then proven.
@@ -735,7 +581,7 @@ async fn without_verbose_transactions_the_block_comes_from_a_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_false_merkle_proof_is_never_shown_as_verified() {
-    let net = Net::start(&["127.0.0.1:0,bad-merkle", "127.0.0.1:0"]).await;
+    let net = Net::start_http(&["127.0.0.1:0,bad-merkle", "127.0.0.1:0"]).await;
     let tip = net.sim.tip_height();
 
     // One honest upstream is enough: the false proof is refused and the honest one shown.

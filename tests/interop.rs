@@ -406,10 +406,9 @@ fn spend(e: &Expected, net: &Interop, from: usize, to: usize, sats: u64) -> Tran
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ElectrumX 2.0.0 (.ci/run installs it into .venv; or set ELECTRUMX_BIN); run with: cargo test -- --include-ignored"]
 async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
-    let Some(bin) = electrumx::binary() else {
-        return;
-    };
+    let bin = electrumx::binary();
     let mut net = Interop::start(&bin).await;
     let e0 = net.expected();
     net.settle(&e0, "the initial chain").await;

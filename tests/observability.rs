@@ -3,12 +3,15 @@
 //! dashboard and alert rules; promtool checking the exposition and the rules; the status page
 //! rendered by headless Chromium; and the binary's log formats.
 //!
-//! Prometheus, promtool and Chromium are Debian packages that `.ci/run` installs. Under
-//! `CI=true` a missing one fails the test; elsewhere the test prints a note and skips.
+//! Prometheus, promtool and Chromium are Debian packages that `.ci/run` installs. The tests
+//! that drive them are ignored unless run with `cargo test -- --include-ignored`; then a
+//! missing program fails its test.
 
 mod common;
 
-use common::{Wallet, WAIT};
+use common::http::http;
+use common::programs::program;
+use common::{until, Net, Wallet, WAIT};
 use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
 use electrum_gateway::protocol::methods::METHODS;
@@ -21,7 +24,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
@@ -29,141 +32,6 @@ const THREE: [&str; 3] = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"];
 
 fn manifest(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// The path of an external program, or None (with a note) when it is not installed. Under CI
-/// a missing program is a failure: .ci/run installs it.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(p) => Some(p),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{name} is not installed; .ci/run installs it with apt-get (packages prometheus, chromium)")
-        }
-        None => {
-            eprintln!("note: {name} is not installed; skipping this test (apt-get install prometheus chromium)");
-            None
-        }
-    }
-}
-
-/// Polls an observable condition until it holds, or fails the test after `WAIT`.
-async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client: the tests see exactly what goes over the wire.
-
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_text = std::str::from_utf8(&body[..eol]).unwrap_or("0");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
-            .unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&body[start..start + size]);
-        body = &body[start + size + 2..];
-    }
-}
-
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> Reply {
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("HTTP reply timed out")
-        .unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP reply without a header end");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8(body).expect("UTF-8 body"),
-    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -239,90 +107,21 @@ fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
 }
 
 // ---------------------------------------------------------------------------------------------
-// A gateway with its HTTP listener in front of simulated upstreams.
+// The gateway's HTTP listener, read through the shared harness.
 
-struct Net {
-    sim: Sim,
-    gw: Gateway,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
+/// What these tests read through the shared harness's HTTP listener.
+trait Observe {
+    /// The parsed `/metrics` exposition.
+    async fn samples(&self) -> Vec<Sample>;
+    /// The `/status` document.
+    async fn status(&self) -> Value;
+    /// One admin call; the whole JSON-RPC response.
+    async fn admin(&self, method: &str, params: Value) -> Value;
+    /// One admin call that must succeed; its result.
+    async fn admin_ok(&self, method: &str, params: Value) -> Value;
 }
 
-impl Net {
-    async fn start(endpoints: &[&str]) -> Net {
-        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = common::test_config(
-            sim.urls().iter().map(|u| u.to_string()).collect(),
-            dir.path(),
-        );
-        cfg.listen.http = "127.0.0.1:0".into();
-        let gw = Gateway::start(cfg).await.unwrap();
-        let http = gw.http_addr().expect("HTTP listener");
-        let net = Net {
-            sim,
-            gw,
-            http,
-            _dir: dir,
-        };
-        net.wait_ready().await;
-        net
-    }
-
-    /// Waits until every upstream is connected and announced a tip, and the best tip is the
-    /// simulated chain's.
-    async fn wait_ready(&self) {
-        let ctx = self.gw.ctx().clone();
-        let height = self.sim.tip_height();
-        until("every upstream connected with a tip", || {
-            let ctx = ctx.clone();
-            async move {
-                let all = ctx
-                    .pool
-                    .upstreams()
-                    .iter()
-                    .all(|u| u.connected() > 0 && u.tip().is_some());
-                let best = ctx.pool.best_tip().is_some_and(|t| t.height == height);
-                (all && best).then_some(())
-            }
-        })
-        .await;
-    }
-
-    /// `host:port` of each simulated endpoint: the upstream names the gateway uses.
-    fn names(&self) -> Vec<String> {
-        self.sim.urls().iter().map(|u| u.authority()).collect()
-    }
-
-    /// Waits until every upstream is connected and announced `height`.
-    async fn wait_all_at(&self, height: u32) {
-        let ctx = self.gw.ctx().clone();
-        until("every upstream at the tip", || {
-            let ctx = ctx.clone();
-            async move {
-                ctx.pool
-                    .upstreams()
-                    .iter()
-                    .all(|u| u.connected() > 0 && u.tip().is_some_and(|t| t.height == height))
-                    .then_some(())
-            }
-        })
-        .await;
-    }
-
-    async fn wallet(&self) -> Wallet {
-        let mut w = Wallet::connect(self.gw.tcp_addr().unwrap()).await;
-        w.call("server.version", json!(["obs-test", ["1.4", "1.6"]]))
-            .await;
-        w
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        http(self.http, "GET", path, &[], None).await
-    }
-
+impl Observe for Net {
     async fn samples(&self) -> Vec<Sample> {
         let r = self.get("/metrics").await;
         assert_eq!(r.status, 200);
@@ -335,10 +134,16 @@ impl Net {
         r.json()
     }
 
-    /// One admin call; the whole JSON-RPC response.
     async fn admin(&self, method: &str, params: Value) -> Value {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        let r = http(self.http, "POST", "/admin", &[], Some(&body.to_string())).await;
+        let r = http(
+            self.http_addr(),
+            "POST",
+            "/admin",
+            &[],
+            Some(&body.to_string()),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()
     }
@@ -391,7 +196,7 @@ fn load(net: &Net) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_status_and_admin_over_http() {
-    let net = Net::start(&THREE).await;
+    let net = Net::start_http(&THREE).await;
     let names = net.names();
     let tip = net.sim.tip_height();
     let mut w = net.wallet().await;
@@ -619,12 +424,12 @@ async fn metrics_health_status_and_admin_over_http() {
         {"jsonrpc": "2.0", "id": 1, "method": "upstreams.list"},
         {"jsonrpc": "2.0", "id": 2, "method": "policy.show"},
     ]);
-    let r = http(net.http, "POST", "/", &[], Some(&batch.to_string())).await;
+    let r = http(net.http_addr(), "POST", "/", &[], Some(&batch.to_string())).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json().as_array().unwrap().len(), 2);
     assert_eq!(net.get("/admin").await.status, 405);
     assert_eq!(net.get("/nope").await.status, 404);
-    let r = http(net.http, "DELETE", "/metrics", &[], None).await;
+    let r = http(net.http_addr(), "DELETE", "/metrics", &[], None).await;
     assert_eq!(r.status, 405);
 
     // A new block reaches the status and the metrics.
@@ -949,11 +754,11 @@ fn the_dashboard_is_importable_as_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs prometheus and promtool (apt-get install prometheus); run with: cargo test -- --include-ignored"]
 async fn prometheus_scrapes_the_gateway_and_answers_every_dashboard_and_alert_query() {
-    let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else {
-        return;
-    };
-    let net = Net::start(&THREE).await;
+    let prometheus = program("prometheus", "apt-get install prometheus");
+    let promtool = program("promtool", "apt-get install prometheus");
+    let net = Net::start_http(&THREE).await;
     let (stop_load, load_task) = load(&net);
     let rules = manifest("dashboards/alerts.yml");
 
@@ -1000,7 +805,7 @@ async fn prometheus_scrapes_the_gateway_and_answers_every_dashboard_and_alert_qu
     );
 
     // A real Prometheus scrapes the gateway.
-    let prom = Prometheus::start(&prometheus, net.http).await;
+    let prom = Prometheus::start(&prometheus, net.http_addr()).await;
     until("the gateway target to be up", || async {
         let (_, r) = prom.query("up{job=\"electrum-gateway\"} == 1").await;
         (!r.as_array().unwrap().is_empty()).then_some(())
@@ -1151,11 +956,10 @@ fn row_of<'a>(dom: &'a str, name: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium (apt-get install chromium); run with: cargo test -- --include-ignored"]
 async fn the_status_page_shows_upstreams_and_tips_in_chromium() {
-    let Some(chromium) = tool("chromium") else {
-        return;
-    };
-    let net = Net::start(&["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0,lag=2"]).await;
+    let chromium = program("chromium", "apt-get install chromium");
+    let net = Net::start_http(&["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0,lag=2"]).await;
     let tip = net.sim.tip_height();
     let names = net.names();
     net.admin_ok("upstreams.cordon", json!([1])).await;
@@ -1167,7 +971,7 @@ async fn the_status_page_shows_upstreams_and_tips_in_chromium() {
         "external asset"
     );
 
-    let dom = chromium_dump(&chromium, &format!("http://{}/", net.http)).await;
+    let dom = chromium_dump(&chromium, &format!("http://{}/", net.http_addr())).await;
     for (i, name) in names.iter().enumerate() {
         let row = row_of(&dom, name);
         let want = if i == 2 { tip - 2 } else { tip };

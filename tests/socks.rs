@@ -1,70 +1,55 @@
 //! The client through a real SOCKS5 proxy (microsocks, the Debian package), with the target
 //! host name resolved by the proxy, as Tor resolves `.onion` names.
 
+mod common;
+
+use common::programs::program;
+use common::{until, Running, WAIT};
 use electrum_gateway::client::{Client, ClientConfig, ProxyConfig};
 use electrum_gateway::sim::{Sim, SimConfig, ADDRESSES};
 use electrum_gateway::transport::{Scheme, ServerUrl};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Proxy(Child, u16);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A running microsocks and its port.
+struct Proxy {
+    _process: Running,
+    port: u16,
 }
 
-/// Starts microsocks on a free loopback port; None (with a note) when it is not installed
-/// outside CI. In CI a missing proxy is a failure: .ci/run installs it.
-async fn microsocks() -> Option<Proxy> {
+/// Starts microsocks on a free loopback port, failing the test when it is not installed.
+async fn microsocks() -> Proxy {
+    let bin = program("microsocks", "apt-get install microsocks");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = match Command::new("microsocks")
+    let child = Command::new(bin)
         .args(["-i", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "microsocks is required in CI: {e}"
-            );
-            eprintln!("skipping: microsocks not installed ({e})");
-            return None;
-        }
+        .expect("start microsocks");
+    let proxy = Proxy {
+        _process: Running(child),
+        port,
     };
-    let proxy = Proxy(child, port);
-    // Ready when it accepts connections.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "microsocks did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Some(proxy)
+    until("microsocks to accept connections", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+    proxy
 }
 
 #[tokio::test]
+#[ignore = "needs microsocks (apt-get install microsocks); run with: cargo test -- --include-ignored"]
 async fn client_through_microsocks_with_remote_dns() {
-    let Some(proxy) = microsocks().await else {
-        return;
-    };
+    let proxy = microsocks().await;
     let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0"]).unwrap())
         .await
         .unwrap();
@@ -72,7 +57,7 @@ async fn client_through_microsocks_with_remote_dns() {
     let url = ServerUrl::new(Scheme::Tcp, "localhost", sim.url(0).port);
     let mut cfg = ClientConfig::new(url);
     cfg.proxy = Some(
-        format!("socks5://127.0.0.1:{}", proxy.1)
+        format!("socks5://127.0.0.1:{}", proxy.port)
             .parse::<ProxyConfig>()
             .unwrap(),
     );

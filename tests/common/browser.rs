@@ -9,7 +9,7 @@
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -20,28 +20,6 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Bound on anything the browser is waited for (a cold Chromium start can take a while).
 pub const BROWSER_WAIT: Duration = Duration::from_secs(60);
-
-/// The path of an external program, or None (with a note) when it is not installed. Under CI
-/// a missing program is a failure: .ci/run installs it.
-pub fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(p) => Some(p),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{name} is not installed; .ci/run installs it with apt-get (package chromium)")
-        }
-        None => {
-            eprintln!(
-                "note: {name} is not installed; skipping this test (apt-get install chromium)"
-            );
-            None
-        }
-    }
-}
 
 /// One headless Chromium with one page.
 pub struct Browser {

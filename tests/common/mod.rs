@@ -1,9 +1,17 @@
-//! Test helpers: a raw line-protocol wallet that sees exactly what the gateway writes.
+//! Test helpers shared by the test binaries: a raw line-protocol wallet that sees exactly what
+//! the gateway writes, a gateway in front of simulated upstreams, a loopback HTTP client
+//! (`http`), bounded polling, child-process guards, and finding the external programs some
+//! tests drive (`programs`).
 #![allow(dead_code)]
+
+pub mod http;
+pub mod programs;
 
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::process::Child;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -12,6 +20,7 @@ use tokio::net::TcpStream;
 use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
 use electrum_gateway::sim::{Sim, SimConfig};
+use http::{http, Reply};
 
 /// Generous bound for anything a test awaits; only hit when something is broken.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -195,22 +204,61 @@ impl Net {
 
     /// Same, with the configuration changed by `tweak` first.
     pub async fn start_with(endpoints: &[&str], tweak: impl FnOnce(&mut Config)) -> Net {
-        let sim = Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let sim = start_sim(endpoints).await;
         let urls = sim.urls().iter().map(|u| u.to_string()).collect();
-        let mut cfg = test_config(urls, dir.path());
-        tweak(&mut cfg);
-        let gw = Gateway::start(cfg).await.unwrap();
-        let net = Net { sim, gw, _dir: dir };
+        let net = Net::launch(sim, urls, tweak).await;
         net.wait_tip(net.sim.tip_height()).await;
         net
+    }
+
+    /// A gateway that also serves HTTP (on a free loopback port) in front of the sim's
+    /// endpoints, once every upstream is connected and announced a tip and the best tip is the
+    /// sim's.
+    pub async fn start_http(endpoints: &[&str]) -> Net {
+        let sim = start_sim(endpoints).await;
+        let urls = sim.urls().iter().map(|u| u.to_string()).collect();
+        Net::http_in_front_of(sim, urls).await
+    }
+
+    /// Same, in front of the given upstream URLs, which serve `sim`'s chain.
+    pub async fn http_in_front_of(sim: Sim, upstreams: Vec<String>) -> Net {
+        let net = Net::launch(sim, upstreams, |cfg| cfg.listen.http = "127.0.0.1:0".into()).await;
+        net.wait_ready().await;
+        net
+    }
+
+    /// Starts the gateway in front of `upstreams` without waiting for anything.
+    async fn launch(sim: Sim, upstreams: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(upstreams, dir.path());
+        tweak(&mut cfg);
+        let gw = Gateway::start(cfg).await.unwrap();
+        Net { sim, gw, _dir: dir }
     }
 
     /// The gateway's TCP address.
     pub fn addr(&self) -> SocketAddr {
         self.gw.tcp_addr().unwrap()
+    }
+
+    /// The gateway's HTTP address (a gateway from [`Net::start_http`]).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.gw.http_addr().expect("HTTP listener")
+    }
+
+    /// `http://` and the HTTP address.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.http_addr())
+    }
+
+    /// GETs `path` from the gateway's HTTP listener.
+    pub async fn get(&self, path: &str) -> Reply {
+        http(self.http_addr(), "GET", path, &[], None).await
+    }
+
+    /// `host:port` of each simulated endpoint: the upstream names the gateway uses.
+    pub fn names(&self) -> Vec<String> {
+        self.sim.urls().iter().map(|u| u.authority()).collect()
     }
 
     /// A connected wallet that negotiated protocol 1.6.
@@ -233,6 +281,42 @@ impl Net {
         .await
         .expect("the gateway never reached the tip")
         .unwrap();
+    }
+
+    /// Waits until every upstream is connected and announced a tip, and the best tip is the
+    /// sim's.
+    pub async fn wait_ready(&self) {
+        let ctx = self.gw.ctx().clone();
+        let height = self.sim.tip_height();
+        until("every upstream connected with a tip", || {
+            let ctx = ctx.clone();
+            async move {
+                let all = ctx
+                    .pool
+                    .upstreams()
+                    .iter()
+                    .all(|u| u.connected() > 0 && u.tip().is_some());
+                let best = ctx.pool.best_tip().is_some_and(|t| t.height == height);
+                (all && best).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Waits until every upstream is connected and announced `height`.
+    pub async fn wait_all_at(&self, height: u32) {
+        let ctx = self.gw.ctx().clone();
+        until("every upstream at the tip", || {
+            let ctx = ctx.clone();
+            async move {
+                ctx.pool
+                    .upstreams()
+                    .iter()
+                    .all(|u| u.connected() > 0 && u.tip().is_some_and(|t| t.height == height))
+                    .then_some(())
+            }
+        })
+        .await;
     }
 
     /// Upstream subscriptions to scripthashes, summed over the sim's first `n` endpoints.
@@ -258,5 +342,42 @@ impl Net {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A simulator serving the given endpoints (`ADDR[,FAULT...]` each).
+async fn start_sim(endpoints: &[&str]) -> Sim {
+    Sim::start(SimConfig::with_endpoints(endpoints).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Polls an observable condition that no event announces until `probe` yields a value, or
+/// fails the test after `WAIT`.
+pub async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

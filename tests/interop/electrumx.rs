@@ -3,7 +3,8 @@
 //!
 //! `.ci/run` installs ElectrumX (`e-x` from PyPI) into `.venv` and exports `ELECTRUMX_BIN`;
 //! without that variable the test looks at `.venv/bin/electrumx_server` in the repository.
-//! Under `CI=true` a missing ElectrumX is a failure, locally the test is skipped with a note.
+//! The test is ignored unless run with `cargo test -- --include-ignored`; then a missing
+//! ElectrumX fails it.
 //!
 //! ElectrumX only starts listening once it has caught up with its node, so "ready" means: the
 //! port accepts a connection and the server reports the expected tip. Every wait here is
@@ -27,26 +28,20 @@ pub const START_WAIT: Duration = Duration::from_secs(120);
 /// Longest time for an ElectrumX to follow a change of the chain.
 pub const SYNC_WAIT: Duration = Duration::from_secs(60);
 
-/// The installed `electrumx_server`, or `None` (after printing why) when the test should be
-/// skipped. Panics under `CI=true` when it is missing: CI must run this test.
-pub fn binary() -> Option<PathBuf> {
+/// The installed `electrumx_server`: `ELECTRUMX_BIN`, else `.venv/bin/electrumx_server` in the
+/// repository. Fails the test, saying how to install it, when it is not there.
+#[track_caller]
+pub fn binary() -> PathBuf {
     let path = match std::env::var_os("ELECTRUMX_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/electrumx_server"),
     };
-    if path.is_file() {
-        return Some(path);
-    }
-    let ci = std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false);
-    let note = format!(
-        "ElectrumX not found at {} (set ELECTRUMX_BIN, or run .ci/run to install it into .venv)",
-        path.display()
-    );
-    assert!(!ci, "{note}");
-    eprintln!("skipping the ElectrumX interop test: {note}");
-    None
+    crate::common::programs::program_at(
+        "ElectrumX 2.0.0 (electrumx_server)",
+        &path,
+        "run .ci/run, which installs it into .venv, or `python3 -m venv .venv && \
+         .venv/bin/pip install 'e-x[leveldb]==2.0.0'`; or set ELECTRUMX_BIN to an electrumx_server",
+    )
 }
 
 /// A free loopback port (bound and released; ElectrumX binds it right after).
