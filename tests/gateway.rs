@@ -184,8 +184,9 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
     }))
     .await;
     // One upstream subscription per distinct scripthash, whatever the number of wallets.
-    assert_eq!(net.gw.ctx().hub.scripthashes(), ADDRESSES.len());
-    assert_eq!(net.gw.ctx().hub.upstream_subscriptions(), ADDRESSES.len());
+    let subs = net.gw.snapshot().subscriptions;
+    assert_eq!(subs.scripthashes, ADDRESSES.len());
+    assert_eq!(subs.upstream, ADDRESSES.len());
     net.until("upstream subscriptions", || {
         net.upstream_subs(3) == ADDRESSES.len()
     })
@@ -258,7 +259,7 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
     // When every wallet leaves, the upstream subscriptions go too.
     drop(wallets);
     net.until("upstream subscriptions dropped", || {
-        net.gw.ctx().hub.scripthashes() == 0 && net.upstream_subs(3) == 0
+        net.gw.snapshot().subscriptions.scripthashes == 0 && net.upstream_subs(3) == 0
     })
     .await;
 }
@@ -340,17 +341,10 @@ async fn killed_upstream_costs_no_read_and_no_notification() {
         net.upstream_subs(3) == ADDRESSES.len()
     })
     .await;
-    assert!(
-        net.gw
-            .ctx()
-            .hub
-            .moves
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= moved.len() as u64
-    );
+    assert!(net.gw.snapshot().counters.subscription_moves >= moved.len() as u64);
     // The upstream comes back and is used again.
     net.sim.start_endpoint(victim).await.unwrap();
-    assert!(net.gw.ctx().pool.wait_connected(3, WAIT).await);
+    assert!(net.gw.wait_connected(3, WAIT).await);
 }
 
 async fn reads_survive(net: &Net, rounds: usize) {
@@ -372,18 +366,12 @@ async fn reads_survive(net: &Net, rounds: usize) {
 async fn a_stalled_upstream_is_hedged_around() {
     let net = Net::start(&["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]).await;
     // Stall the best-ranked upstream after the pool has connected to it.
-    let first = net.gw.ctx().pool.ranked()[0].0.id;
+    let first = net.gw.snapshot().ranked[0];
     let mut f = net.sim.faults(first);
     f.stall = true;
     net.sim.set_faults(first, f);
     reads_survive(&net, 30).await;
-    let hedges = net
-        .gw
-        .ctx()
-        .router
-        .stats
-        .hedges
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let hedges = net.gw.snapshot().counters.hedges;
     assert!(hedges > 0, "the stalled upstream must have been hedged");
 }
 
@@ -518,7 +506,7 @@ async fn tls_and_websocket_listeners_keep_their_certificate() {
         net.sim.balance(ADDRESSES[2].scripthash).unwrap().0
     );
     // A restart on the same data directory serves the same certificate: the pin still holds.
-    let data_dir = net.gw.ctx().cfg.data_dir.clone();
+    let data_dir = net.gw.config().data_dir.clone();
     let urls: Vec<String> = net.sim.urls().iter().map(|u| u.to_string()).collect();
     net.gw.shutdown();
     let cfg = Config {
@@ -578,21 +566,13 @@ async fn a_dead_upstream_is_replaced_from_the_server_list_and_learned_state_is_s
     cfg.listen.tls = String::new();
     cfg.listen.http = String::new();
     let gw = Gateway::start(cfg).await.unwrap();
-    let pool = gw.ctx().pool.clone();
     // Both slots end up connected, the dead one replaced by the candidate.
-    assert!(pool.wait_connected(2, WAIT).await);
-    let urls: HashSet<String> = pool
-        .upstreams()
-        .iter()
-        .map(|u| u.url().to_string())
-        .collect();
+    assert!(gw.wait_connected(2, WAIT).await);
+    let urls: HashSet<String> = gw.snapshot().upstreams.into_iter().map(|u| u.url).collect();
     assert!(urls.contains(&sim.url(1).to_string()), "{urls:?}");
     assert!(!urls.contains(&format!("tcp://{dead}")));
-    assert!(pool
-        .candidates()
-        .iter()
-        .any(|c| c.to_string() == format!("tcp://{dead}")));
-    pool.save();
+    assert!(gw.snapshot().candidates.contains(&format!("tcp://{dead}")));
+    gw.save_state();
     let saved: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("upstreams.json")).unwrap()).unwrap();
     for i in 0..2 {

@@ -95,7 +95,7 @@ impl Interop {
         cfg.listen.http = String::new();
         let gw = Gateway::start(cfg).await.expect("gateway");
         assert!(
-            gw.ctx().pool.wait_connected(3, electrumx::SYNC_WAIT).await,
+            gw.wait_connected(3, electrumx::SYNC_WAIT).await,
             "the gateway connected to the three ElectrumX servers"
         );
         let net = Interop {
@@ -116,7 +116,7 @@ impl Interop {
     }
 
     async fn wait_gateway_tip(&self, height: u32) {
-        let mut rx = self.gw.ctx().pool.tip_watch();
+        let mut rx = self.gw.tip_watch();
         tokio::time::timeout(
             electrumx::SYNC_WAIT,
             rx.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
@@ -607,7 +607,8 @@ async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
         .collect();
     wait_count(&reads, 6, "reads before the kill").await;
     // The victim: the upstream the gateway ranks first, which reads go to.
-    let first = net.gw.ctx().pool.ranked()[0].0.url().to_string();
+    let snap = net.gw.snapshot();
+    let first = snap.upstreams[snap.ranked[0]].url.clone();
     let victim = net
         .servers
         .iter()
@@ -635,11 +636,7 @@ async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
     net.monitors[victim] = Some(monitor);
     net.settle(&e6, "the restarted server").await;
     assert!(
-        net.gw
-            .ctx()
-            .pool
-            .wait_connected(3, electrumx::SYNC_WAIT)
-            .await,
+        net.gw.wait_connected(3, electrumx::SYNC_WAIT).await,
         "the gateway reconnected to the restarted server"
     );
     net.btc.pay(ADDRESSES[2].address, 55_555);
@@ -671,11 +668,7 @@ async fn a_wallet_through_the_gateway_in_front_of_three_electrumx_servers() {
     }
     eprintln!(
         "gateway: {} subscription moves, {} reads during the failover",
-        net.gw
-            .ctx()
-            .hub
-            .moves
-            .load(std::sync::atomic::Ordering::Relaxed),
+        net.gw.snapshot().counters.subscription_moves,
         reads.load(Ordering::SeqCst) - reads_at_kill
     );
     net.gw.shutdown();

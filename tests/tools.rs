@@ -881,7 +881,7 @@ async fn gateway(data_dir: &Path, servers: Vec<String>, server_list: &str, heigh
     cfg.listen.tls = String::new();
     cfg.listen.http = String::new();
     let gw = Gateway::start(cfg).await.unwrap();
-    let mut tip = gw.ctx().pool.tip_watch();
+    let mut tip = gw.tip_watch();
     timeout(
         WAIT,
         tip.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
@@ -973,14 +973,10 @@ async fn the_gateway_runs_on_the_list_the_spider_wrote() {
         .flat_map(|s| s.urls())
         .map(|u| u.to_string())
         .collect();
-    let ups = gw.ctx().pool.upstreams();
+    let ups = gw.snapshot().upstreams;
     assert!(!ups.is_empty());
     for u in ups {
-        assert!(
-            listed.contains(&u.url().to_string()),
-            "{} not in {listed:?}",
-            u.url()
-        );
+        assert!(listed.contains(&u.url), "{} not in {listed:?}", u.url);
     }
     gw.shutdown();
     net.shutdown().await;

@@ -9,30 +9,46 @@ use electrum_gateway::chain::{check_header_proof, check_merkle};
 use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
 use electrum_gateway::sim::{Faults, ADDRESSES};
+use electrum_gateway::verify::{Demotion, Reason, Standing};
 use serde_json::{json, Value};
 use std::str::FromStr;
 
 /// What these tests ask of the gateway besides what `Net` offers.
 trait Inspect {
-    fn standing(&self, i: usize) -> electrum_gateway::consensus::Standing;
-    fn failures(&self, reason: &str) -> u64;
+    fn standing(&self, i: usize) -> Standing;
+    fn failures(&self, reason: Reason) -> u64;
+    fn header_failures(&self) -> u64;
     fn clear_faults(&self, i: usize);
 }
 
 impl Inspect for Net {
-    fn standing(&self, i: usize) -> electrum_gateway::consensus::Standing {
-        self.gw.ctx().pool.upstreams()[i].standing()
+    fn standing(&self, i: usize) -> Standing {
+        self.gw.snapshot().upstreams[i].standing.clone()
     }
 
-    fn failures(&self, reason: &str) -> u64 {
-        self.gw
-            .ctx()
-            .pool
-            .consensus()
-            .failures()
-            .get(reason)
-            .copied()
-            .unwrap_or(0)
+    fn failures(&self, reason: Reason) -> u64 {
+        self.gw.snapshot().counters.failures_of(reason)
+    }
+
+    /// Upstream headers refused, whatever rule they broke.
+    fn header_failures(&self) -> u64 {
+        use Reason::*;
+        let c = self.gw.snapshot().counters;
+        [
+            BadHeader,
+            BadEncoding,
+            BadGenesis,
+            BadLink,
+            BadTarget,
+            BadPow,
+            Checkpoint,
+            BadTime,
+            BadVersion,
+            Unconnected,
+        ]
+        .into_iter()
+        .map(|r| c.failures_of(r))
+        .sum()
     }
 
     fn clear_faults(&self, i: usize) {
@@ -41,7 +57,7 @@ impl Inspect for Net {
 }
 
 fn header(hex: &str) -> bitcoin::block::Header {
-    electrum_gateway::consensus::header_from_hex(hex).expect("an 80-byte header")
+    electrum_gateway::protocol::tip::header_from_hex(hex).expect("an 80-byte header")
 }
 
 /// Every header answer equals the honest chain's.
@@ -81,8 +97,8 @@ async fn bad_headers_never_reach_a_wallet() {
     ])
     .await;
     net.until("liars demoted", || {
-        net.standing(0).demoted == Some("bad_header")
-            && net.standing(2).demoted == Some("bad_header")
+        net.standing(0).demoted == Some(Demotion::BadHeader)
+            && net.standing(2).demoted == Some(Demotion::BadHeader)
     })
     .await;
     let mut w = net.wallet().await;
@@ -96,7 +112,7 @@ async fn bad_headers_never_reach_a_wallet() {
     let h = header(n["params"][0]["hex"].as_str().unwrap());
     h.validate_pow(h.target()).expect("valid proof of work");
     assert_eq!(n["params"][0]["hex"], json!(net.sim.tip_header_hex()));
-    assert!(net.failures("bad_header") >= 2);
+    assert!(net.header_failures() >= 2);
     // The fault stops: at its next announcement (a new block) the upstream is back in step.
     net.clear_faults(0);
     net.sim.mine(1);
@@ -106,10 +122,11 @@ async fn bad_headers_never_reach_a_wallet() {
 
 #[tokio::test]
 async fn wrong_transactions_are_refused_and_the_liar_sits_out() {
+    // The honest upstream is the slowest, so the liars are the fastest and asked first.
     let net = Net::start(&[
         "127.0.0.1:0,wrong-tx",
         "127.0.0.1:0,wrong-tx",
-        "127.0.0.1:0",
+        "127.0.0.1:0,latency=30",
     ])
     .await;
     let mut w = net.wallet().await;
@@ -121,25 +138,13 @@ async fn wrong_transactions_are_refused_and_the_liar_sits_out() {
             assert_eq!(got, json!(net.sim.tx_hex(&txid).unwrap()));
         }
     }
-    assert!(net.failures("bad_txid") >= 1, "a liar was caught");
+    assert!(net.failures(Reason::BadTxid) >= 1, "a liar was caught");
     // Verified raw transactions are served from the cache afterwards.
-    let hits = net
-        .gw
-        .ctx()
-        .cache
-        .hits
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let hits = net.gw.snapshot().counters.cache_hits;
     let txid = net.sim.block_txids(3).unwrap()[0];
     w.call("blockchain.transaction.get", json!([txid.to_string()]))
         .await;
-    assert!(
-        net.gw
-            .ctx()
-            .cache
-            .hits
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > hits
-    );
+    assert!(net.gw.snapshot().counters.cache_hits > hits);
     // After the fault stops and the sit-out ends, the upstream serves again.
     net.clear_faults(0);
     net.clear_faults(1);
@@ -163,9 +168,10 @@ async fn wrong_transactions_are_refused_and_the_liar_sits_out() {
 
 #[tokio::test]
 async fn bad_merkle_proofs_are_refused() {
+    // The honest upstream is the slowest, so the liars are the fastest and asked first.
     let net = Net::start(&[
         "127.0.0.1:0,bad-merkle",
-        "127.0.0.1:0",
+        "127.0.0.1:0,latency=30",
         "127.0.0.1:0,bad-merkle",
     ])
     .await;
@@ -195,7 +201,7 @@ async fn bad_merkle_proofs_are_refused() {
             check_merkle(&t, pos as u64, &branch, &root).expect("a valid proof");
         }
     }
-    assert!(net.failures("bad_merkle") >= 1);
+    assert!(net.failures(Reason::BadMerkle) >= 1);
 }
 
 #[tokio::test]
@@ -228,7 +234,7 @@ async fn balance_and_history_lies_are_outvoted() {
             assert_eq!(status, json!(net.sim.status(a.scripthash).unwrap()));
         }
     }
-    assert!(net.failures("vote_minority") + net.failures("history_mismatch") >= 1);
+    assert!(net.failures(Reason::VoteMinority) + net.failures(Reason::HistoryMismatch) >= 1);
     // Later status changes are the honest ones too.
     net.sim.pay(ADDRESSES[1].address, 4_321).unwrap();
     let want = json!(net.sim.status(ADDRESSES[1].scripthash).unwrap());
@@ -261,7 +267,8 @@ async fn forked_and_lagging_upstreams_are_demoted_until_they_catch_up() {
     ])
     .await;
     net.until("fork and lag demoted", || {
-        net.standing(0).demoted == Some("fork") && net.standing(2).demoted == Some("lag")
+        net.standing(0).demoted == Some(Demotion::Fork)
+            && net.standing(2).demoted == Some(Demotion::Lag)
     })
     .await;
     let mut w = net.wallet().await;
@@ -281,14 +288,7 @@ async fn forked_and_lagging_upstreams_are_demoted_until_they_catch_up() {
         );
     }
     // Demoted upstreams serve no tip-dependent read.
-    let ranked: Vec<usize> = net
-        .gw
-        .ctx()
-        .pool
-        .ranked()
-        .iter()
-        .map(|(u, _)| u.id)
-        .collect();
+    let ranked: Vec<usize> = net.gw.snapshot().ranked;
     assert_eq!(ranked.len(), 2);
     assert!(ranked.contains(&1) && ranked.contains(&3));
     // The faults stop: both catch up and are back in step.
@@ -298,7 +298,7 @@ async fn forked_and_lagging_upstreams_are_demoted_until_they_catch_up() {
         net.standing(0).in_step() && net.standing(2).in_step()
     })
     .await;
-    assert_eq!(net.gw.ctx().pool.ranked().len(), 4);
+    assert_eq!(net.gw.snapshot().ranked.len(), 4);
 }
 
 #[tokio::test]
@@ -335,13 +335,13 @@ async fn a_verified_reorg_reaches_subscribed_wallets_exactly_once() {
             .await;
         assert_eq!(h, json!(net.sim.header_hex(old_tip - 1).unwrap()));
     }
-    assert_eq!(net.gw.ctx().pool.consensus().reorgs(), 1);
+    assert_eq!(net.gw.snapshot().counters.reorgs, 1);
 }
 
 #[tokio::test]
 async fn the_header_chain_persists_and_is_not_verified_again() {
     let net = Net::start(&["127.0.0.1:0"]).await;
-    let dir = net.gw.ctx().cfg.data_dir.clone();
+    let dir = net.gw.config().data_dir.clone();
     let urls: Vec<String> = net.sim.urls().iter().map(|u| u.to_string()).collect();
     let height = net.sim.tip_height();
     net.gw.shutdown();
@@ -356,7 +356,7 @@ async fn the_header_chain_persists_and_is_not_verified_again() {
     cfg.listen.tls = String::new();
     cfg.listen.http = String::new();
     let again = Gateway::start(cfg).await.unwrap();
-    let consensus = again.ctx().pool.consensus();
+    let consensus = again.chain();
     // Loaded from disk, before any upstream was asked.
     assert_eq!(consensus.tip().height, height);
     assert_eq!(consensus.with_chain(|c| c.verified_count()), 0);

@@ -273,7 +273,7 @@ impl Net {
 
     /// Waits until the gateway's verified tip reaches `height`.
     pub async fn wait_tip(&self, height: u32) {
-        let mut rx = self.gw.ctx().pool.tip_watch();
+        let mut rx = self.gw.tip_watch();
         tokio::time::timeout(
             WAIT,
             rx.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
@@ -286,35 +286,29 @@ impl Net {
     /// Waits until every upstream is connected and announced a tip, and the best tip is the
     /// sim's.
     pub async fn wait_ready(&self) {
-        let ctx = self.gw.ctx().clone();
+        let gw = &self.gw;
         let height = self.sim.tip_height();
-        until("every upstream connected with a tip", || {
-            let ctx = ctx.clone();
-            async move {
-                let all = ctx
-                    .pool
-                    .upstreams()
-                    .iter()
-                    .all(|u| u.connected() > 0 && u.tip().is_some());
-                let best = ctx.pool.best_tip().is_some_and(|t| t.height == height);
-                (all && best).then_some(())
-            }
+        until("every upstream connected with a tip", || async move {
+            let snap = gw.snapshot();
+            let all = snap
+                .upstreams
+                .iter()
+                .all(|u| u.connections > 0 && u.tip.is_some());
+            let best = snap.best_tip.is_some_and(|t| t.height == height);
+            (all && best).then_some(())
         })
         .await;
     }
 
     /// Waits until every upstream is connected and announced `height`.
     pub async fn wait_all_at(&self, height: u32) {
-        let ctx = self.gw.ctx().clone();
-        until("every upstream at the tip", || {
-            let ctx = ctx.clone();
-            async move {
-                ctx.pool
-                    .upstreams()
-                    .iter()
-                    .all(|u| u.connected() > 0 && u.tip().is_some_and(|t| t.height == height))
-                    .then_some(())
-            }
+        let gw = &self.gw;
+        until("every upstream at the tip", || async move {
+            gw.snapshot()
+                .upstreams
+                .iter()
+                .all(|u| u.connections > 0 && u.tip.as_ref().is_some_and(|t| t.height == height))
+                .then_some(())
         })
         .await;
     }
@@ -330,12 +324,12 @@ impl Net {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !cond() {
             if tokio::time::Instant::now() >= deadline {
-                for u in self.gw.ctx().pool.upstreams() {
+                for u in self.gw.snapshot().upstreams {
                     eprintln!(
                         "upstream {} {:?} tip={:?}",
-                        u.id,
-                        u.standing(),
-                        u.tip().map(|t| t.height)
+                        u.index,
+                        u.standing,
+                        u.tip.map(|t| t.height)
                     );
                 }
                 panic!("timed out waiting for {what}");
