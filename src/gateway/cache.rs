@@ -132,14 +132,4 @@ impl AnswerCache {
             );
         }
     }
-
-    /// Answers held now.
-    pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

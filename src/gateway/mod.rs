@@ -18,7 +18,7 @@
 //! Verification itself lives in [`crate::verify`]; metrics in [`crate::metrics`].
 
 pub(crate) mod cache;
-pub mod http;
+pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod local;
 pub(crate) mod order;
@@ -140,6 +140,12 @@ impl Gateway {
     /// Waits until at least `n` upstreams are connected, or the timeout passes.
     pub async fn wait_connected(&self, n: usize, timeout: Duration) -> bool {
         self.core.pool.wait_connected(n, timeout).await
+    }
+
+    /// Writes what the pool learned about servers to `upstreams.json` in the data directory
+    /// now (it is also written every 30 seconds and at shutdown).
+    pub fn save_state(&self) {
+        self.core.pool.save();
     }
 
     /// The configuration in force.

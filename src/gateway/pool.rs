@@ -35,11 +35,11 @@ use crate::verify::{ChainTracker, Demotion, Placement, Reason, Verdict};
 #[derive(Debug, Clone)]
 pub enum PoolEvent {
     /// A connection of an upstream came up.
-    Up(usize),
+    Up,
     /// A connection of an upstream went down.
-    Down(usize),
+    Down,
     /// The best tip changed.
-    Tip(Tip),
+    Tip,
     /// An upstream's standing changed (demoted, back in step, sitting out).
     Standing(usize),
 }
@@ -411,7 +411,7 @@ impl Pool {
                     if let Ok(mut slot) = up.conns[conn].write() {
                         *slot = Some(client.clone());
                     }
-                    let _ = self.events.send(PoolEvent::Up(up.id));
+                    let _ = self.events.send(PoolEvent::Up);
                     let tip_task = (conn == 0).then(|| {
                         let pool = self.clone();
                         let up = up.clone();
@@ -471,7 +471,7 @@ impl Pool {
                         "connection lost; requests and subscriptions move to other upstreams"
                             .into(),
                     );
-                    let _ = self.events.send(PoolEvent::Down(up.id));
+                    let _ = self.events.send(PoolEvent::Down);
                 }
                 Err(e) => {
                     attempt += 1;
@@ -619,7 +619,7 @@ impl Pool {
         let after = self.tracker.tip();
         if after != before {
             self.metrics.tip_changed();
-            let _ = self.events.send(PoolEvent::Tip(after));
+            let _ = self.events.send(PoolEvent::Tip);
         }
     }
 

@@ -209,7 +209,7 @@ impl Core {
             headers_verified: tracker.with_chain(|c| c.verified_count()),
             upstreams: pool.upstreams().iter().map(|u| u.view()).collect(),
             ranked: pool.ranked().iter().map(|(u, _)| u.id).collect(),
-            candidates: pool.candidates().len(),
+            candidates: pool.candidates().iter().map(ToString::to_string).collect(),
             sessions: self.sessions(),
             subscriptions: Subscriptions {
                 scripthashes: hub.scripthashes(),

@@ -441,7 +441,7 @@ impl Metrics {
             .set(i64::from(snap.sync_target.max(height)));
         self.tip_height.set(i64::from(height));
         self.upstreams.set(snap.upstreams.len() as i64);
-        self.candidates.set(snap.candidates as i64);
+        self.candidates.set(snap.candidates.len() as i64);
         let mut current = HashSet::new();
         for up in &snap.upstreams {
             let n = up.name.as_str();
@@ -668,7 +668,7 @@ mod tests {
             headers_verified: 0,
             upstreams: Vec::new(),
             ranked: Vec::new(),
-            candidates: 0,
+            candidates: Vec::new(),
             sessions: 0,
             subscriptions: Subscriptions::default(),
             counters: Counters::default(),

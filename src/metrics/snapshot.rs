@@ -54,8 +54,8 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamView>,
     /// Slot indices of the upstreams that may serve a tip-dependent read now, best first.
     pub ranked: Vec<usize>,
-    /// Servers waiting to replace a failing upstream.
-    pub candidates: usize,
+    /// Servers waiting to replace a failing upstream (URLs), first in line first.
+    pub candidates: Vec<String>,
     /// Wallet sessions open now.
     pub sessions: usize,
     /// Subscription counts.

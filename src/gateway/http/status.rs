@@ -132,7 +132,7 @@ pub fn status(snap: &Snapshot, events: Vec<Event>) -> Value {
         "best_tip": snap.best_tip.as_ref().map(tip_json),
         "upstreams": upstreams(snap),
         "tip_agreement": tip_agreement(snap),
-        "candidates": snap.candidates,
+        "candidates": snap.candidates.len(),
         "sessions": snap.sessions,
         "subscriptions": {
             "scripthashes": subs.scripthashes,
