@@ -133,3 +133,103 @@ impl AnswerCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Tip;
+    use bitcoin::block::{Header, Version};
+    use bitcoin::hashes::Hash;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    /// A regtest header on top of `prev` (regtest's target is met within a few tries).
+    fn child(prev: &Header, salt: u32) -> Header {
+        let mut h = Header {
+            version: Version::from_consensus(0x2000_0000),
+            prev_blockhash: prev.block_hash(),
+            merkle_root: bitcoin::TxMerkleNode::from_byte_array([salt as u8; 32]),
+            time: prev.time + 600,
+            bits: prev.bits,
+            nonce: 0,
+        };
+        while h.validate_pow(h.target()).is_err() {
+            h.nonce += 1;
+        }
+        h
+    }
+
+    fn extend(tracker: &ChainTracker, prev: &Header, height: u32) -> Header {
+        let h = child(prev, height);
+        let tip = Tip {
+            height,
+            hex: bitcoin::consensus::encode::serialize_hex(&h),
+        };
+        assert_eq!(
+            tracker.place_tip(&tip),
+            crate::verify::Placement::OnBest,
+            "a valid child extends the chain"
+        );
+        h
+    }
+
+    fn call(method: &str, params: serde_json::Value) -> Call {
+        let params = params.as_array().cloned().unwrap_or_default();
+        Call::internal(method, params, bitcoin::Network::Regtest, &BTreeMap::new()).unwrap()
+    }
+
+    fn raw(v: serde_json::Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).unwrap()
+    }
+
+    const TXID: &str = "a6c9c361bd0bc536d6a22648efbf8f9b200e425ef6c3a7a9669dc444c532a347";
+
+    #[test]
+    fn what_may_be_cached_and_for_how_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        let genesis =
+            bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
+        let cache = AnswerCache::new(100, 2);
+
+        // A raw transaction is kept for good; a verbose one (composed by the upstream) never.
+        let tx = call("blockchain.transaction.get", json!([TXID]));
+        assert!(cache.get(&tracker, &tx).is_none());
+        cache.put(&tracker, &tx, &raw(json!("00")));
+        assert_eq!(cache.get(&tracker, &tx).unwrap().get(), "\"00\"");
+        let verbose = call("blockchain.transaction.get", json!([TXID, true]));
+        cache.put(&tracker, &verbose, &raw(json!({"hex": "00"})));
+        assert!(cache.get(&tracker, &verbose).is_none());
+        // Balances are never cached.
+        let bal = call("blockchain.scripthash.get_balance", json!([TXID]));
+        cache.put(&tracker, &bal, &raw(json!({"confirmed": 1})));
+        assert!(cache.get(&tracker, &bal).is_none());
+
+        // A proof of block 0 is kept only once the block is two deep.
+        let proof = call("blockchain.transaction.get_merkle", json!([TXID, 0]));
+        cache.put(&tracker, &proof, &raw(json!({"block_height": 0})));
+        assert!(cache.get(&tracker, &proof).is_none(), "not deep enough yet");
+        // Fees are kept while the tip stays.
+        let fee = call("blockchain.estimatefee", json!([2]));
+        cache.put(&tracker, &fee, &raw(json!(0.0001)));
+        assert!(cache.get(&tracker, &fee).is_some());
+
+        let one = extend(&tracker, &genesis, 1);
+        assert!(
+            cache.get(&tracker, &fee).is_none(),
+            "a new tip drops fee figures"
+        );
+        cache.put(&tracker, &proof, &raw(json!({"block_height": 0})));
+        assert!(cache.get(&tracker, &proof).is_some(), "two deep: kept");
+        extend(&tracker, &one, 2);
+        assert!(
+            cache.get(&tracker, &proof).is_some(),
+            "still on the verified chain"
+        );
+        // Hits and misses are counted for cacheable calls only: the transaction, the fee and
+        // the proof twice hit; the first transaction, the shallow proof and the stale fee
+        // missed.
+        assert_eq!(cache.hits.load(Ordering::Relaxed), 4);
+        assert_eq!(cache.misses.load(Ordering::Relaxed), 3);
+    }
+}

@@ -139,38 +139,10 @@ impl Hub {
         session: SessionHandle,
     ) -> Result<Value, RpcError> {
         let sid = session.id;
-        let entry = {
-            let Ok(mut entries) = self.entries.lock() else {
-                return Err(RpcError::internal("hub poisoned"));
-            };
-            let entry = match entries.get(scripthash) {
-                Some(e) => e.clone(),
-                None => {
-                    let sh: Arc<str> = Arc::from(scripthash);
-                    let e = Arc::new(Entry {
-                        scripthash: sh.clone(),
-                        state: Mutex::new(EntryState {
-                            sessions: HashMap::new(),
-                            status: None,
-                        }),
-                        known: watch::channel(false).0,
-                        closed: Notify::new(),
-                    });
-                    entries.insert(sh, e.clone());
-                    let hub = self.clone();
-                    let task_entry = e.clone();
-                    tokio::spawn(async move { hub.run_entry(task_entry).await });
-                    e
-                }
-            };
-            if let Ok(mut st) = entry.state.lock() {
-                st.sessions.insert(sid, session);
-                if let Some(s) = &st.status {
-                    return Ok(s.clone());
-                }
-            }
-            entry
-        };
+        let (entry, status) = self.join(scripthash, session)?;
+        if let Some(s) = status {
+            return Ok(s);
+        }
         let mut known = entry.known.subscribe();
         let waited = tokio::time::timeout(self.subscribe_timeout, known.wait_for(|k| *k)).await;
         if let Ok(Ok(_)) = waited {
@@ -182,6 +154,46 @@ impl Hub {
         }
         self.unsubscribe(scripthash, sid);
         Err(unavailable("no upstream answered the subscription"))
+    }
+
+    /// Adds a session to a scripthash's entry, creating the entry (and its upstream task)
+    /// for the first session. Returns the entry and its status, if one is known yet.
+    fn join(
+        self: &Arc<Self>,
+        scripthash: &str,
+        session: SessionHandle,
+    ) -> Result<(Arc<Entry>, Option<Value>), RpcError> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Err(RpcError::internal("hub poisoned"));
+        };
+        let entry = match entries.get(scripthash) {
+            Some(e) => e.clone(),
+            None => {
+                let sh: Arc<str> = Arc::from(scripthash);
+                let e = Arc::new(Entry {
+                    scripthash: sh.clone(),
+                    state: Mutex::new(EntryState {
+                        sessions: HashMap::new(),
+                        status: None,
+                    }),
+                    known: watch::channel(false).0,
+                    closed: Notify::new(),
+                });
+                entries.insert(sh, e.clone());
+                let hub = self.clone();
+                let task_entry = e.clone();
+                tokio::spawn(async move { hub.run_entry(task_entry).await });
+                e
+            }
+        };
+        let status = match entry.state.lock() {
+            Ok(mut st) => {
+                st.sessions.insert(session.id, session);
+                st.status.clone()
+            }
+            Err(_) => return Err(RpcError::internal("hub poisoned")),
+        };
+        Ok((entry, status))
     }
 
     /// Removes a session's subscription; true if it had one. The upstream subscription goes
@@ -417,5 +429,113 @@ impl Hub {
             tracing::warn!(upstream = %up.name(), "upstreams disagree on a history; no majority");
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    /// A hub over a pool that is never started: no upstream is dialed, so statuses come only
+    /// from the test.
+    fn hub(dir: &std::path::Path) -> Arc<Hub> {
+        let cfg = Config {
+            network: "regtest".into(),
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        let servers = vec!["tcp://127.0.0.1:1".parse().unwrap()];
+        let pool = Pool::new(
+            Arc::new(cfg),
+            servers,
+            vec![],
+            Metrics::new(),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        Hub::new(pool, Duration::from_millis(10), true)
+    }
+
+    fn session(id: SessionId, room: usize) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {
+        let (tx, rx) = mpsc::channel(room);
+        let handle = SessionHandle {
+            id,
+            tx,
+            kill: CancellationToken::new(),
+        };
+        (handle, rx)
+    }
+
+    const SH: &str = "4d3611dab7c887dd7377c18b04295edce510d6f8749d06d89f376e65feee9df0";
+
+    #[tokio::test]
+    async fn one_entry_per_scripthash_fanned_out_to_every_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let (a, mut a_rx) = session(1, 8);
+        let (b, mut b_rx) = session(2, 8);
+        let (entry, status) = hub.join(SH, a).unwrap();
+        assert_eq!(status, None);
+        let (again, _) = hub.join(SH, b).unwrap();
+        assert!(Arc::ptr_eq(&entry, &again), "one entry for the scripthash");
+        assert_eq!(hub.scripthashes(), 1);
+        assert_eq!(hub.session_subscriptions(), 2);
+        // The first status answers subscribers; it is no notification.
+        hub.apply(&entry, json!("s1"));
+        assert!(a_rx.try_recv().is_err());
+        assert_eq!(hub.join(SH, session(3, 1).0).unwrap().1, Some(json!("s1")));
+        hub.unsubscribe(SH, 3);
+        // A change reaches every session, once; the same status again is nothing.
+        hub.apply(&entry, json!("s2"));
+        hub.apply(&entry, json!("s2"));
+        for rx in [&mut a_rx, &mut b_rx] {
+            let SessionEvent::Status { scripthash, status } = rx.try_recv().unwrap();
+            assert_eq!((&*scripthash, status), (SH, json!("s2")));
+            assert!(rx.try_recv().is_err());
+        }
+        assert_eq!(hub.notifications.load(Ordering::Relaxed), 2);
+        // The entry goes with its last session.
+        assert!(hub.unsubscribe(SH, 1));
+        assert!(!hub.unsubscribe(SH, 1));
+        assert_eq!(hub.scripthashes(), 1);
+        hub.drop_session([SH.to_string()], 2);
+        assert_eq!(hub.scripthashes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_cannot_keep_up_is_closed_not_silently_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let (slow, _slow_rx) = session(1, 1);
+        let kill = slow.kill.clone();
+        let (entry, _) = hub.join(SH, slow).unwrap();
+        hub.apply(&entry, json!("s0"));
+        hub.apply(&entry, json!("s1"));
+        assert!(!kill.is_cancelled(), "one notification fits");
+        hub.apply(&entry, json!("s2"));
+        assert!(kill.is_cancelled(), "a full mailbox closes the session");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_nobody_can_answer_fails_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let e = hub.subscribe(SH, session(1, 1).0).await.unwrap_err();
+        assert!(e.message.contains("no upstream"), "{e:?}");
+        assert_eq!(hub.scripthashes(), 0);
+        assert_eq!(hub.upstream_subscriptions(), 0);
+    }
+
+    #[test]
+    fn statuses_must_look_like_statuses() {
+        assert!(valid_status(&Value::Null));
+        assert!(valid_status(&json!(SH)));
+        assert!(!valid_status(&json!("zz")));
+        assert!(!valid_status(&json!(5)));
+        assert!(!valid_status(&json!(format!("{SH}00"))));
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::pool::Pool;
 use super::upstream::Upstream;
-use super::vote::{median_value, vote_key};
+use super::vote::{median_value, tally, vote_key, Ballot};
 use crate::client::{Client, ClientError};
 use crate::metrics::Metrics;
 use crate::protocol::error::{DAEMON_ERROR, EXCESSIVE_RESOURCE_USAGE, SERVER_BUSY};
@@ -288,23 +288,17 @@ impl Router {
                 .map(client_error_to_rpc)
                 .unwrap_or_else(|| unavailable("every upstream failed"))));
         }
-        // A block may reach one upstream before another: when answers differ, only the
-        // upstreams least behind the verified tip vote (and only they can be outvoted); the
-        // others' answers may simply be a block old.
-        let lag_of = |u: &Upstream| u.standing().lag;
-        let freshest = votes
-            .values()
-            .flatten()
-            .map(|(u, _)| lag_of(u))
-            .min()
-            .unwrap_or(0);
-        let fresh = |v: &Voters| v.iter().filter(|(u, _)| lag_of(u) == freshest).count();
-        let fresh_total: usize = votes.values().map(fresh).sum();
-        let winner = votes
+        let ballots: Vec<Ballot> = votes
             .iter()
-            .find(|(_, v)| fresh(v) * 2 > fresh_total)
-            .or_else(|| votes.iter().find(|(_, v)| v.len() * 2 > ok))
-            .map(|(k, _)| k.clone());
+            .flat_map(|(key, voters)| {
+                voters.iter().map(|(u, _)| Ballot {
+                    upstream: u.id,
+                    lag: u.standing().lag,
+                    key: key.clone(),
+                })
+            })
+            .collect();
+        let outcome = tally(&ballots);
         if votes.len() > 1 {
             self.stats.disagreements.fetch_add(1, Ordering::Relaxed);
             self.metrics.event(
@@ -322,17 +316,15 @@ impl Router {
                 "upstreams disagree"
             );
         }
-        let Some(winner) = winner else {
+        let Some(winner) = outcome.winner else {
             return Err(NoMajority(RpcError::new(
                 DAEMON_ERROR,
                 "upstreams disagree and no majority can be formed; try again",
             )));
         };
-        for (key, voters) in &votes {
-            if *key != winner {
-                for (up, _) in voters.iter().filter(|(u, _)| lag_of(u) == freshest) {
-                    self.pool.penalize(up, Reason::VoteMinority);
-                }
+        for (up, _) in votes.values().flatten() {
+            if outcome.outvoted.contains(&up.id) {
+                self.pool.penalize(up, Reason::VoteMinority);
             }
         }
         let mut chosen = votes.remove(&winner).unwrap_or_default();

@@ -62,6 +62,58 @@ pub fn vote_key(call: &Call, raw: &RawValue) -> String {
     }
 }
 
+/// One upstream's answer in a vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ballot {
+    /// The upstream's slot.
+    pub upstream: usize,
+    /// How many blocks it is behind the verified tip.
+    pub lag: u32,
+    /// What its answer must share with others to agree ([`vote_key`]).
+    pub key: String,
+}
+
+/// What a vote decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// The key of the answer that won, if a majority formed.
+    pub winner: Option<String>,
+    /// Upstreams whose answer lost among the freshest voters (to be penalised).
+    pub outvoted: Vec<usize>,
+}
+
+/// Counts a vote. A block may reach one upstream before another, so when answers differ only
+/// the upstreams least behind the verified tip count (and only they can be outvoted): the
+/// others' answers may simply be a block old. The winner is the answer of a strict majority of
+/// those freshest voters, else of a strict majority of all; without one there is no winner.
+pub fn tally(ballots: &[Ballot]) -> Tally {
+    let freshest = ballots.iter().map(|b| b.lag).min().unwrap_or(0);
+    let mut keys: Vec<&str> = ballots.iter().map(|b| b.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let count = |key: &str, fresh_only: bool| {
+        ballots
+            .iter()
+            .filter(|b| b.key == key && (!fresh_only || b.lag == freshest))
+            .count()
+    };
+    let fresh_total = ballots.iter().filter(|b| b.lag == freshest).count();
+    let winner = keys
+        .iter()
+        .find(|k| count(k, true) * 2 > fresh_total)
+        .or_else(|| keys.iter().find(|k| count(k, false) * 2 > ballots.len()))
+        .map(|k| k.to_string());
+    let outvoted = match &winner {
+        Some(w) => ballots
+            .iter()
+            .filter(|b| &b.key != w && b.lag == freshest)
+            .map(|b| b.upstream)
+            .collect(),
+        None => Vec::new(),
+    };
+    Tally { winner, outvoted }
+}
+
 /// The median of a set of JSON answers: numbers by value (`-1`, "no estimate", only when
 /// most answers say so; outliers more than 4x off the median dropped first), objects field by
 /// field, anything else the first answer.
@@ -147,6 +199,56 @@ mod tests {
             vote_key(&u, &raw(json!([one, two]))),
             vote_key(&u, &raw(json!([one])))
         );
+    }
+
+    fn ballot(upstream: usize, lag: u32, key: &str) -> Ballot {
+        Ballot {
+            upstream,
+            lag,
+            key: key.into(),
+        }
+    }
+
+    #[test]
+    fn a_majority_wins_and_the_minority_is_outvoted() {
+        let t = tally(&[ballot(0, 0, "a"), ballot(1, 0, "a"), ballot(2, 0, "b")]);
+        assert_eq!(t.winner.as_deref(), Some("a"));
+        assert_eq!(t.outvoted, vec![2]);
+        // Agreement: nobody is outvoted.
+        let t = tally(&[ballot(0, 0, "a"), ballot(1, 0, "a")]);
+        assert_eq!(t.winner.as_deref(), Some("a"));
+        assert!(t.outvoted.is_empty());
+    }
+
+    #[test]
+    fn a_tie_has_no_winner_and_penalises_nobody() {
+        let t = tally(&[ballot(0, 0, "a"), ballot(1, 0, "b")]);
+        assert_eq!(t.winner, None);
+        assert!(t.outvoted.is_empty());
+        let t = tally(&[ballot(0, 0, "a"), ballot(1, 0, "b"), ballot(2, 0, "c")]);
+        assert_eq!(t.winner, None);
+    }
+
+    #[test]
+    fn only_the_freshest_voters_count_when_answers_differ() {
+        // Two upstreams a block behind agree on the old state; the one at the tip has the new
+        // block. The fresh answer wins and the stale ones are not penalised.
+        let t = tally(&[
+            ballot(0, 0, "new"),
+            ballot(1, 1, "old"),
+            ballot(2, 1, "old"),
+        ]);
+        assert_eq!(t.winner.as_deref(), Some("new"));
+        assert!(t.outvoted.is_empty());
+        // Among the freshest, the majority still decides and the minority is outvoted.
+        let t = tally(&[
+            ballot(0, 0, "new"),
+            ballot(1, 0, "new"),
+            ballot(2, 0, "lie"),
+            ballot(3, 1, "old"),
+        ]);
+        assert_eq!(t.winner.as_deref(), Some("new"));
+        assert_eq!(t.outvoted, vec![2]);
     }
 
     #[test]
