@@ -14,13 +14,14 @@ use bitcoin::blockdata::constants::genesis_block;
 use bitcoin::blockdata::script::{Builder, PushBytesBuf};
 use bitcoin::hashes::Hash;
 use bitcoin::{
-    absolute::LockTime, transaction::Version, Amount, BlockHash, CompactTarget, Network, OutPoint,
-    ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
+    absolute::LockTime, transaction::Version, Amount, CompactTarget, Network, OutPoint, ScriptBuf,
+    Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
 };
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use super::addresses::{parse_regtest_address, ADDRESSES};
+use super::block::SimBlock;
 use super::view::{script_sh, Sh, View};
 
 /// Regtest difficulty bits (also the genesis block's).
@@ -31,31 +32,6 @@ const HALVING_INTERVAL: u32 = 150;
 const COINBASE_MATURITY: u32 = 100;
 /// Outputs below this are not worth spending or creating.
 const DUST: u64 = 1_000;
-
-/// A block of the simulated chain with its precomputed hash and txids.
-#[derive(Debug, Clone)]
-pub struct SimBlock {
-    /// The header.
-    pub header: Header,
-    /// The block hash.
-    pub hash: BlockHash,
-    /// The transactions, coinbase first.
-    pub txs: Vec<Arc<Transaction>>,
-    /// Their txids, in the same order.
-    pub txids: Vec<Txid>,
-}
-
-impl SimBlock {
-    fn from_block(block: bitcoin::Block) -> SimBlock {
-        let txids = block.txdata.iter().map(|t| t.compute_txid()).collect();
-        SimBlock {
-            hash: block.block_hash(),
-            header: block.header,
-            txs: block.txdata.into_iter().map(Arc::new).collect(),
-            txids,
-        }
-    }
-}
 
 /// splitmix64: tiny, seedable and stable across crate versions.
 #[derive(Debug, Clone)]

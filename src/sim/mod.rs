@@ -16,6 +16,7 @@
 //! view and notifies what changed.
 
 pub mod addresses;
+pub(crate) mod block;
 pub(crate) mod chain;
 mod endpoint;
 pub mod faults;

@@ -11,7 +11,7 @@ use bitcoin::{BlockHash, OutPoint, Script, Transaction, Txid};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::chain::SimBlock;
+use super::block::SimBlock;
 
 /// A scripthash as Electrum shows it: reversed sha256 of the output script.
 pub(crate) type Sh = [u8; 32];

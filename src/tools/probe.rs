@@ -12,12 +12,61 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::cert::{self, CertKind, CertReport, FetchError};
 use super::header_hash;
-use super::software::{self, Evidence};
-use super::spider::{EndpointReport, Facts};
+use super::software::{self, Evidence, Software};
 use crate::client::{Client, ClientConfig, ClientError, ProxyConfig, TlsMode};
 use crate::protocol::methods::parse_version;
 use crate::servers::{parse_peers, ServerInfo};
 use crate::transport::ServerUrl;
+
+/// What an endpoint told about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts {
+    /// The software string of `server.version`, e.g. `ElectrumX 1.16.0`.
+    pub server_version: String,
+    /// The negotiated protocol version.
+    pub protocol: String,
+    /// `protocol_min` of `server.features`.
+    pub protocol_min: Option<String>,
+    /// `protocol_max` of `server.features`.
+    pub protocol_max: Option<String>,
+    /// The implementation (see [`super::software`]).
+    pub software: Software,
+    /// The hash of the block at height 0 it serves (or, failing that, the `genesis_hash` of
+    /// its features), lower-case hex.
+    pub genesis_hash: Option<String>,
+    /// `pruning` of `server.features` (absent or null: keeps everything).
+    pub pruning: Option<u64>,
+    /// The tip height.
+    pub tip_height: Option<u64>,
+    /// The tip block hash.
+    pub tip_hash: Option<String>,
+    /// The round trip of one `server.ping`.
+    pub latency: Duration,
+    /// `server.banner`.
+    pub banner: Option<String>,
+    /// Its `server.peers.subscribe` answer (`None`: refused or not a list).
+    pub peers: Option<Vec<ServerInfo>>,
+    /// When it answered.
+    pub seen_at: SystemTime,
+}
+
+/// One endpoint visited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointReport {
+    /// The endpoint.
+    pub url: ServerUrl,
+    /// What it said, or why it could not be asked.
+    pub outcome: Result<Facts, String>,
+    /// The certificate verdict, for TLS endpoints whose handshake got that far.
+    pub cert: Option<CertReport>,
+}
+
+impl EndpointReport {
+    /// The facts, if reachable.
+    pub fn facts(&self) -> Option<&Facts> {
+        self.outcome.as_ref().ok()
+    }
+}
 
 /// The most peers taken from one server's answer; the rest are ignored.
 pub(crate) const MAX_PEERS_PER_SERVER: usize = 1000;

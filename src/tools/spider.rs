@@ -27,11 +27,9 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use tokio::task::JoinSet;
 
-use super::cert::CertReport;
-use super::software::Software;
 use super::{genesis_hash, parse_network_arg, parse_proxy_arg, parse_timeout, probe};
 use crate::address::network_name;
 use crate::client::ProxyConfig;
@@ -45,55 +43,7 @@ pub const EXIT_NONE_FOUND: i32 = 1;
 /// Exit code of `spider`: bad arguments, seeds or output file.
 pub const EXIT_USAGE: i32 = super::EXIT_USAGE;
 
-/// What an endpoint told about itself.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Facts {
-    /// The software string of `server.version`, e.g. `ElectrumX 1.16.0`.
-    pub server_version: String,
-    /// The negotiated protocol version.
-    pub protocol: String,
-    /// `protocol_min` of `server.features`.
-    pub protocol_min: Option<String>,
-    /// `protocol_max` of `server.features`.
-    pub protocol_max: Option<String>,
-    /// The implementation (see [`super::software`]).
-    pub software: Software,
-    /// The hash of the block at height 0 it serves (or, failing that, the `genesis_hash` of
-    /// its features), lower-case hex.
-    pub genesis_hash: Option<String>,
-    /// `pruning` of `server.features` (absent or null: keeps everything).
-    pub pruning: Option<u64>,
-    /// The tip height.
-    pub tip_height: Option<u64>,
-    /// The tip block hash.
-    pub tip_hash: Option<String>,
-    /// The round trip of one `server.ping`.
-    pub latency: Duration,
-    /// `server.banner`.
-    pub banner: Option<String>,
-    /// Its `server.peers.subscribe` answer (`None`: refused or not a list).
-    pub peers: Option<Vec<ServerInfo>>,
-    /// When it answered.
-    pub seen_at: SystemTime,
-}
-
-/// One endpoint visited.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EndpointReport {
-    /// The endpoint.
-    pub url: ServerUrl,
-    /// What it said, or why it could not be asked.
-    pub outcome: Result<Facts, String>,
-    /// The certificate verdict, for TLS endpoints whose handshake got that far.
-    pub cert: Option<CertReport>,
-}
-
-impl EndpointReport {
-    /// The facts, if reachable.
-    pub fn facts(&self) -> Option<&Facts> {
-        self.outcome.as_ref().ok()
-    }
-}
+pub use super::probe::{EndpointReport, Facts};
 
 /// The verdict on a server (a host).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -874,6 +824,8 @@ pub async fn run(args: SpiderArgs) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::cert::CertReport;
+    use crate::tools::software::Software;
 
     fn facts(software: Software, genesis: &str) -> Facts {
         Facts {
