@@ -895,10 +895,11 @@ async fn gateway(data_dir: &Path, servers: Vec<String>, server_list: &str, heigh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_and_subscribe_through_the_gateway() {
     let home = tempfile::tempdir().unwrap();
-    let sim = sim(&["127.0.0.1:0"]).await;
+    // Two upstreams: a balance is voted, and one upstream's word is not enough.
+    let sim = sim(&["127.0.0.1:0", "127.0.0.1:0"]).await;
     let gw = gateway(
         &home.path().join("gw"),
-        vec![sim.url(0).to_string()],
+        vec![sim.url(0).to_string(), sim.url(1).to_string()],
         "",
         sim.tip_height(),
     )

@@ -152,6 +152,10 @@ async fn wrong_transactions_are_refused_and_the_liar_sits_out() {
         !net.standing(0).sitting_out() && !net.standing(1).sitting_out()
     })
     .await;
+    // The honest upstream stalls now: the reads can only be answered by the recovered ones.
+    let mut stalled = net.sim.faults(2);
+    stalled.stall = true;
+    net.sim.set_faults(2, stalled);
     let before = net.sim.requests(0) + net.sim.requests(1);
     for h in 201..230 {
         let txid = net.sim.block_txids(h).unwrap()[0];

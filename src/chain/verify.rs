@@ -280,14 +280,17 @@ pub fn check_broadcast(raw_hex: &str, returned_txid: &str) -> Result<(), VerifyE
     Ok(())
 }
 
-/// Combine several upstreams' `blockchain.estimatefee` answers (BTC/kvB).
+/// Combine several upstreams' fee answers (BTC/kvB) so that no single upstream moves the
+/// answer by more than a factor of two from the honest ones.
 ///
 /// Negative answers (`-1`, "no estimate") and non-finite ones are set aside; if they outnumber
-/// the real estimates there is no consensus and the result is `None` (answer `-1`). Otherwise
-/// the median is taken, every value outside `[median / 4, median * 4]` is dropped as an
-/// outlier, and the median of what is left is the answer. With two values one liar cannot be
-/// told apart; from three on, as long as the honest values agree within a factor of four, a
-/// single wrong value cannot move the result out of the range they span.
+/// the real estimates there is no consensus and the result is `None`. One estimate is taken as
+/// it is. Two estimates that differ by more than a factor of four cannot both be honest and no
+/// answer is within a factor of two of both: `None`; otherwise their geometric mean, which is.
+/// From three on, the median is taken, every value outside `[median / 4, median * 4]` is
+/// dropped as an outlier, and the median of what is left (the geometric mean of the middle two
+/// for an even count) is the answer: as long as the honest values agree within a factor of
+/// four, a single wrong value cannot move it out of the range they span.
 pub fn fee_consensus(values: &[f64]) -> Option<f64> {
     let mut estimates: Vec<f64> = values
         .iter()
@@ -299,6 +302,11 @@ pub fn fee_consensus(values: &[f64]) -> Option<f64> {
         return None;
     }
     estimates.sort_by(f64::total_cmp);
+    if let [low, high] = estimates[..] {
+        if high > low * 4.0 {
+            return None;
+        }
+    }
     let m = median(&estimates);
     let kept: Vec<f64> = estimates
         .into_iter()
@@ -307,13 +315,14 @@ pub fn fee_consensus(values: &[f64]) -> Option<f64> {
     Some(median(&kept))
 }
 
-/// Median of a sorted, non-empty slice (mean of the middle two for an even count).
+/// Median of a sorted, non-empty slice (geometric mean of the middle two for an even count,
+/// which is within a factor of two of both when they are within four of each other).
 fn median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
     if n % 2 == 1 {
         sorted[n / 2]
     } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        (sorted[n / 2 - 1] * sorted[n / 2]).sqrt()
     }
 }
 
@@ -600,11 +609,23 @@ mod tests {
             fee_consensus(&[0.0001, 0.00011, 0.00012, 0.0]),
             Some(0.00011)
         );
-        // Outlier dropped, median of the rest (mean of the middle two).
-        assert_eq!(fee_consensus(&[1.0, 3.0, 100.0]), Some(2.0));
+        // Outlier dropped, median of the rest (geometric mean of the middle two).
+        assert_eq!(fee_consensus(&[1.0, 4.0, 100.0]), Some(2.0));
         // "No estimate" counts against a lone answer, not against a majority.
         assert_eq!(fee_consensus(&[-1.0, -1.0, 0.0003]), None);
-        assert_eq!(fee_consensus(&[-1.0, 0.25, 0.75]), Some(0.5));
+        assert_eq!(fee_consensus(&[-1.0, 0.25, 1.0]), Some(0.5));
+        // Two upstreams, one lying: never more than twice off the honest one.
+        assert_eq!(fee_consensus(&[1.0, 100.0]), None);
+        assert_eq!(fee_consensus(&[100.0, 1.0]), None);
+        let two = fee_consensus(&[1.0, 4.0]).unwrap();
+        assert!((two - 2.0).abs() < 1e-12);
+        for liar in [0.01, 0.3, 0.5, 2.0, 3.9, 50.0] {
+            if let Some(v) = fee_consensus(&[1.0, liar]) {
+                assert!((0.5..=2.0).contains(&v), "{liar} moved it to {v}");
+            }
+            let v = fee_consensus(&[1.0, 1.1, liar]).unwrap();
+            assert!((1.0..=1.1).contains(&v), "{liar} moved it to {v}");
+        }
         assert_eq!(
             fee_consensus(&[f64::NAN, f64::INFINITY, 0.0002, 0.0002]),
             Some(0.0002)

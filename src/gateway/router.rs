@@ -14,18 +14,17 @@
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::pool::Pool;
 use super::upstream::Upstream;
-use super::vote::{median_value, tally, vote_key, Ballot};
+use super::vote::{confirmed_key, median_value, settle, tally, vote_key, Ballot};
 use crate::client::{Client, ClientError};
 use crate::metrics::Metrics;
 use crate::protocol::error::{DAEMON_ERROR, EXCESSIVE_RESOURCE_USAGE, SERVER_BUSY};
-use crate::protocol::{Call, Policy, RpcError};
+use crate::protocol::{Args, Call, Policy, RpcError};
 use crate::verify::Reason;
 
 /// Counters the router keeps (exported as metrics).
@@ -80,8 +79,18 @@ fn worth_retrying(e: &ClientError) -> bool {
 /// A vote that ended without a majority (the error the wallet gets if it stays so).
 struct NoMajority(RpcError);
 
-/// The upstreams that gave one answer, with their wording of it.
-type Voters = Vec<(Arc<Upstream>, Box<RawValue>)>;
+/// How long a vote without a winner is taken again, as upstreams reach the same state, before
+/// the wallet gets an error.
+pub const VOTE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// True for a ballot at the chain state a vote was decided at (any, when it was decided
+/// across states).
+fn decided_at(state: Option<u32>, height: u32) -> bool {
+    match state {
+        None => true,
+        Some(h) => h == height,
+    }
+}
 
 /// Keeps the most telling error: an upstream's own answer beats a transport failure.
 fn keep_telling(slot: &mut Option<ClientError>, e: ClientError) {
@@ -197,30 +206,39 @@ impl Router {
             .unwrap_or_else(|| unavailable("every upstream failed")))
     }
 
-    /// `quorum`: asks `quorum` upstreams (default 2) at once and answers as soon as that many
-    /// agree. An upstream that is slow is hedged (the next one is asked too, as for
-    /// `fastest`); one that fails is replaced by the next. As soon as two answers disagree,
-    /// every upstream in step is asked and the answer is what a strict majority says; the
-    /// upstreams in the minority are penalised. Without a majority the wallet gets an error
-    /// rather than an answer that may be false. What "agree" means depends on the method:
-    /// balances by their confirmed part, histories and unspent lists by their confirmed
-    /// entries (mempools legitimately differ between servers), anything else byte for byte
-    /// after canonical JSON.
+    /// `quorum`: asks `max(quorum, 2)` upstreams in step at once and answers as soon as they
+    /// all give the same answer. An upstream that is slow is hedged (the next one is asked too,
+    /// as for `fastest`); one that fails is replaced by the next. As soon as two answers
+    /// disagree, every upstream in step is asked and [`tally`] decides: an answer wins only when
+    /// at least two upstreams at the same chain state give it, so no single upstream (the
+    /// fastest, or the first to announce a block) decides; the upstreams outvoted on that
+    /// state are penalised. What "the same answer" means is the call's vote rule
+    /// ([`vote_key`]): balances, histories and unspent lists whole, unconfirmed entries
+    /// included.
     ///
-    /// A disagreement without a majority is usually a block that reached some upstreams
-    /// before others: the vote is taken again, up to three times a quarter second apart,
-    /// before the wallet gets the error.
+    /// A vote without a winner is usually a block or a transaction that reached some upstreams
+    /// before others, or too few upstreams in step: it is taken again as upstreams move (a pool
+    /// event, or a quarter second) for up to [`VOTE_PATIENCE`]. If the upstreams then agree on
+    /// the confirmed part but their mempools still differ, the answer keeps the unconfirmed
+    /// entries a majority reports ([`super::vote::settle`]); otherwise the wallet gets an error
+    /// rather than an answer that may be false.
     pub async fn quorum(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
+        let deadline = tokio::time::Instant::now() + VOTE_PATIENCE;
+        let mut events = self.pool.events();
         let mut round = 0;
         loop {
             round += 1;
-            match self.quorum_once(call).await {
-                Err(NoMajority(e)) if round < 3 => {
-                    tracing::debug!(method = call.method(), round, "no majority yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(NoMajority(e)) => return Err(e),
+            let last = tokio::time::Instant::now() >= deadline;
+            match self.quorum_once(call, last).await {
                 Ok(answer) => return answer,
+                Err(NoMajority(e)) if last => return Err(e),
+                Err(NoMajority(e)) => {
+                    tracing::debug!(method = call.method(), round, "no vote yet: {e}");
+                    let pause = deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .min(Duration::from_millis(250));
+                    let _ = tokio::time::timeout(pause, events.recv()).await;
+                }
             }
         }
     }
@@ -228,12 +246,20 @@ impl Router {
     async fn quorum_once(
         &self,
         call: &Call,
+        last: bool,
     ) -> Result<Result<Box<RawValue>, RpcError>, NoMajority> {
         let ranked = self.pool.ranked_for(call.info.tip);
         if ranked.is_empty() {
-            return Ok(Err(unavailable("no upstream is connected and in step")));
+            return Err(NoMajority(unavailable(
+                "no upstream is connected and in step",
+            )));
         }
-        let need = self.quorum.min(ranked.len()).max(1);
+        if ranked.len() < 2 {
+            return Err(NoMajority(unavailable(
+                "a voted answer needs two upstreams in step, and only one is",
+            )));
+        }
+        let need = self.quorum.max(2).min(ranked.len());
         let order: Vec<usize> = ranked.iter().map(|(u, _)| u.id).collect();
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
@@ -247,20 +273,25 @@ impl Router {
         let hedge = tokio::time::sleep(self.hedge_delay(&ranked[0].0));
         tokio::pin!(hedge);
         let mut first_error = None;
-        let mut votes: HashMap<String, Voters> = HashMap::new();
-        let mut ok = 0usize;
+        // Every answer: the upstream, its wording, its chain state when it answered.
+        let mut answers: Vec<(Arc<Upstream>, Box<RawValue>, u32)> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 done = inflight.next() => {
                     let Some((up, res)) = done else { break };
                     match res {
                         Ok(raw) => {
-                            ok += 1;
-                            votes.entry(vote_key(call, &raw)).or_default().push((up, raw));
-                            if votes.len() == 1 && ok >= need {
+                            let height = up.tip().map(|t| t.height).unwrap_or(0);
+                            let key = vote_key(call, &raw);
+                            if !keys.contains(&key) {
+                                keys.push(key);
+                            }
+                            answers.push((up, raw, height));
+                            if keys.len() == 1 && answers.len() >= need {
                                 break;
                             }
-                            if votes.len() > 1 {
+                            if keys.len() > 1 {
                                 // A disagreement: everyone votes.
                                 while next < ranked.len() {
                                     launch(&mut next, &mut inflight);
@@ -283,63 +314,92 @@ impl Router {
                 }
             }
         }
-        if votes.is_empty() {
-            return Ok(Err(first_error
-                .map(client_error_to_rpc)
-                .unwrap_or_else(|| unavailable("every upstream failed"))));
+        if answers.is_empty() {
+            return Err(NoMajority(
+                first_error
+                    .map(client_error_to_rpc)
+                    .unwrap_or_else(|| unavailable("every upstream failed")),
+            ));
         }
-        let ballots: Vec<Ballot> = votes
-            .iter()
-            .flat_map(|(key, voters)| {
-                voters.iter().map(|(u, _)| Ballot {
-                    upstream: u.id,
-                    lag: u.standing().lag,
-                    key: key.clone(),
-                })
-            })
-            .collect();
-        let outcome = tally(&ballots);
-        if votes.len() > 1 {
+        // The best-ranked upstream's wording of an answer comes first.
+        answers.sort_by_key(|(u, _, _)| order.iter().position(|id| *id == u.id));
+        if keys.len() > 1 {
             self.stats.disagreements.fetch_add(1, Ordering::Relaxed);
             self.metrics.event(
                 "disagreement",
                 None,
                 format!(
                     "upstreams gave {} different answers to one read",
-                    votes.len()
+                    keys.len()
                 ),
             );
             tracing::warn!(
                 method = call.method(),
-                answers = ok,
-                distinct = votes.len(),
+                answers = answers.len(),
+                distinct = keys.len(),
                 "upstreams disagree"
             );
         }
-        let Some(winner) = outcome.winner else {
-            return Err(NoMajority(RpcError::new(
-                DAEMON_ERROR,
-                "upstreams disagree and no majority can be formed; try again",
-            )));
+        let ballots = |key: &dyn Fn(&RawValue) -> String| -> Vec<Ballot> {
+            answers
+                .iter()
+                .map(|(u, raw, height)| Ballot {
+                    upstream: u.id,
+                    height: *height,
+                    key: key(raw),
+                })
+                .collect()
         };
-        for (up, _) in votes.values().flatten() {
-            if outcome.outvoted.contains(&up.id) {
-                self.pool.penalize(up, Reason::VoteMinority);
+        let whole = ballots(&|raw| vote_key(call, raw));
+        let outcome = tally(&whole);
+        if let Some(winner) = outcome.winner {
+            for (up, _, _) in &answers {
+                if outcome.outvoted.contains(&up.id) {
+                    self.pool.penalize(up, Reason::VoteMinority);
+                }
+            }
+            let chosen = answers
+                .iter()
+                .zip(&whole)
+                .find(|(_, b)| b.key == winner && decided_at(outcome.height, b.height))
+                .map(|((_, raw, _), _)| raw.clone());
+            return Ok(chosen.ok_or_else(|| unavailable("every upstream failed")));
+        }
+        if last {
+            // Honest mempools may still differ: settle on the confirmed part.
+            let confirmed = ballots(&|raw| confirmed_key(call, raw));
+            let outcome = tally(&confirmed);
+            if let Some(winner) = outcome.winner {
+                let at = |b: &Ballot| decided_at(outcome.height, b.height);
+                let agreed: Vec<&RawValue> = answers
+                    .iter()
+                    .zip(&confirmed)
+                    .filter(|(_, b)| b.key == winner && at(b))
+                    .map(|((_, raw, _), _)| &**raw)
+                    .collect();
+                let all: Vec<&RawValue> = answers
+                    .iter()
+                    .zip(&confirmed)
+                    .filter(|(_, b)| at(b))
+                    .map(|((_, raw, _), _)| &**raw)
+                    .collect();
+                if let Some(answer) = settle(call, &agreed, &all) {
+                    return Ok(Ok(answer));
+                }
             }
         }
-        let mut chosen = votes.remove(&winner).unwrap_or_default();
-        // The best-ranked upstream's wording of the winning answer.
-        chosen.sort_by_key(|(u, _)| order.iter().position(|id| *id == u.id));
-        Ok(chosen
-            .into_iter()
-            .next()
-            .map(|(_, raw)| raw)
-            .ok_or_else(|| unavailable("every upstream failed")))
+        Err(NoMajority(RpcError::new(
+            DAEMON_ERROR,
+            "no two upstreams in step agree on this answer; try again",
+        )))
     }
 
-    /// `median`: asks every active upstream; numbers are answered by their median (ignoring
-    /// `-1`, "no estimate", unless every upstream says so), objects field by field; other
-    /// answers fall back to the best-ranked upstream's.
+    /// `median`: asks every upstream in step; answers that are not fee figures fail the call's
+    /// check (and the upstream is penalised); numbers are answered by their consensus
+    /// ([`crate::chain::fee_consensus`]: no single upstream moves it more than twofold from
+    /// the honest ones; "no estimate" wins only when most upstreams say so), objects field by
+    /// field. Without a consensus an estimate is `-1` ("no estimate") and any other fee figure
+    /// an error.
     pub async fn median(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
         let answers: Vec<_> = self
             .pool
@@ -365,52 +425,127 @@ impl Router {
                 .map(client_error_to_rpc)
                 .unwrap_or_else(|| unavailable("no upstream is connected")));
         }
-        let answer = median_value(&values);
+        let answer = match median_value(&values) {
+            Some(v) => v,
+            // A fee estimate without consensus is "no estimate", as a server says it.
+            None if matches!(call.args, Args::Fee { .. }) => Value::from(-1),
+            None => {
+                return Err(RpcError::new(
+                    DAEMON_ERROR,
+                    "upstreams disagree on this fee figure; try again",
+                ))
+            }
+        };
         serde_json::value::to_raw_value(&answer).map_err(|e| RpcError::internal(e.to_string()))
     }
 
-    /// `broadcast`: sends to every active upstream. The first acceptance answers the wallet;
-    /// the other sends go on in the background so the transaction reaches every upstream.
+    /// `broadcast`: sends to every connected upstream (so the transaction reaches them all),
+    /// and answers by what the upstreams in step say ([`broadcast_verdict`]): success, with the
+    /// txid computed here, once at least two of them accepted it (or already had it) and
+    /// rejections cannot outnumber acceptances; otherwise the rejection they gave. One
+    /// upstream's word is never enough, since anyone can compute a txid.
     pub async fn broadcast(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
         let ranked = self.pool.ranked_for(false);
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected"));
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel(ranked.len());
-        for (up, client) in ranked.iter().cloned() {
+        let mut pending = 0usize;
+        for (up, client) in ranked {
+            pending += usize::from(up.in_step());
             let tx = tx.clone();
             let call = call.clone();
             let pool = self.pool.clone();
             tokio::spawn(async move {
+                let in_step = up.in_step();
                 let res = pool
                     .ask(&up, &client, call.method(), call.params(), |raw| {
                         crate::verify::check(pool.tracker(), &call, raw)
                     })
                     .await;
-                let _ = tx.send((up, res)).await;
+                let _ = tx.send((in_step, res)).await;
             });
         }
         drop(tx);
+        let (mut accepted, mut rejected) = (0usize, 0usize);
+        let mut rejections: Vec<RpcError> = Vec::new();
         let mut first_error = None;
-        while let Some((_up, res)) = rx.recv().await {
+        while let Some((in_step, res)) = rx.recv().await {
+            pending = pending.saturating_sub(usize::from(in_step));
             match res {
-                Ok(raw) => return Ok(raw),
+                Ok(_) => accepted += usize::from(in_step),
                 Err(ClientError::Rpc(e)) if is_already_known(&e) => {
-                    let raw_tx = call.params();
-                    if let Some(txid) = raw_tx.first().and_then(Value::as_str).and_then(txid_of_hex)
-                    {
-                        return serde_json::value::to_raw_value(&txid)
-                            .map_err(|e| RpcError::internal(e.to_string()));
+                    accepted += usize::from(in_step)
+                }
+                Err(ClientError::Rpc(e)) => {
+                    if in_step {
+                        rejected += 1;
+                        rejections.push(e.clone());
                     }
                     keep_telling(&mut first_error, ClientError::Rpc(e));
                 }
                 Err(e) => keep_telling(&mut first_error, e),
             }
+            match broadcast_verdict(accepted, rejected, pending) {
+                Some(true) => {
+                    let raw_tx = call.params();
+                    let txid = raw_tx.first().and_then(Value::as_str).and_then(txid_of_hex);
+                    return match txid {
+                        Some(txid) => serde_json::value::to_raw_value(&txid)
+                            .map_err(|e| RpcError::internal(e.to_string())),
+                        None => Err(RpcError::bad_request("not a transaction")),
+                    };
+                }
+                Some(false) => break,
+                None => {}
+            }
+        }
+        // The rejection most upstreams in step gave, in their words.
+        if let Some(e) = most_common(&rejections) {
+            return Err(e);
+        }
+        if accepted == 1 {
+            return Err(RpcError::new(
+                DAEMON_ERROR,
+                "only one upstream in step accepted the transaction, which does not show that \
+                 the network has it; it may still propagate",
+            ));
         }
         Err(first_error
             .map(client_error_to_rpc)
-            .unwrap_or_else(|| unavailable("every upstream failed")))
+            .unwrap_or_else(|| unavailable("no upstream in step answered")))
     }
+}
+
+/// The verdict on a broadcast from the upstreams in step so far: `Some(true)` once at least two
+/// accepted it and rejections cannot outnumber acceptances even if every pending one rejects;
+/// `Some(false)` once that can no longer happen; `None` while pending answers may decide.
+/// (Policy differences such as full-RBF or a higher minimum fee on one server are outvoted by
+/// the others either way.)
+pub fn broadcast_verdict(accepted: usize, rejected: usize, pending: usize) -> Option<bool> {
+    if accepted >= 2 && accepted > rejected + pending {
+        Some(true)
+    } else if accepted + pending < 2 || rejected >= accepted + pending {
+        Some(false)
+    } else if pending == 0 {
+        // Two or more accepted but as many rejected: no majority either way.
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The error message given most often (the first of those tied).
+fn most_common(errors: &[RpcError]) -> Option<RpcError> {
+    errors
+        .iter()
+        .max_by_key(|e| {
+            (
+                errors.iter().filter(|o| o.message == e.message).count(),
+                std::cmp::Reverse(errors.iter().position(|o| o.message == e.message)),
+            )
+        })
+        .cloned()
 }
 
 /// True for a node's "I have this transaction already" rejection. Bitcoin Core 28 and
@@ -438,6 +573,32 @@ pub fn txid_of_hex(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broadcast_needs_two_upstreams_and_no_majority_against_it() {
+        // One acceptance, however fast, is not enough.
+        assert_eq!(broadcast_verdict(1, 0, 1), None);
+        assert_eq!(broadcast_verdict(1, 0, 0), Some(false));
+        assert_eq!(broadcast_verdict(1, 1, 0), Some(false));
+        // Two acceptances out of three: success once the third cannot outweigh them.
+        assert_eq!(broadcast_verdict(2, 0, 1), Some(true));
+        assert_eq!(broadcast_verdict(2, 1, 0), Some(true));
+        // A liar accepting what two honest upstreams reject.
+        assert_eq!(broadcast_verdict(1, 2, 0), Some(false));
+        assert_eq!(broadcast_verdict(1, 1, 1), None);
+        // Two against two: no majority.
+        assert_eq!(broadcast_verdict(2, 2, 0), Some(false));
+        assert_eq!(broadcast_verdict(2, 1, 1), None);
+        let e = |m: &str| RpcError::new(2, m);
+        assert_eq!(
+            most_common(&[e("a"), e("b"), e("b")]).map(|e| e.message),
+            Some("b".to_string())
+        );
+        assert_eq!(
+            most_common(&[e("a"), e("b")]).map(|e| e.message),
+            Some("a".to_string())
+        );
+    }
 
     #[test]
     fn already_known_rejections() {

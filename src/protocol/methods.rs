@@ -108,6 +108,28 @@ pub enum Check {
     TxAtPosition,
     /// A broadcast: the returned txid is the transaction's.
     Broadcast,
+    /// A balance: `confirmed` and `unconfirmed` are integers (satoshis).
+    Balance,
+    /// A history or mempool list: txids are hashes, heights integers from -1 up.
+    History,
+    /// Unspent outputs: txids are hashes, positions, values and heights non-negative integers.
+    Unspent,
+    /// A fee rate: a number, non-negative or `-1` ("no estimate").
+    FeeRate,
+    /// `mempool.get_info`: an object of non-negative numbers.
+    FeeInfo,
+    /// A fee histogram: `[fee rate, vsize]` pairs of non-negative numbers, fee rate not rising.
+    FeeHistogram,
+}
+
+impl Check {
+    /// True for checks that prove an answer against the verified chain (not just its form).
+    pub fn proves(self) -> bool {
+        matches!(
+            self,
+            Check::Transaction | Check::Merkle | Check::TxAtPosition | Check::Broadcast
+        )
+    }
 }
 
 /// What must be equal for two upstreams' answers to agree in a vote.
@@ -248,12 +270,14 @@ pub static METHODS: &[MethodInfo] = &[
     MethodInfo {
         policy: Policy::Median,
         cache: Cache::Short,
+        check: Check::FeeRate,
         fallback: Some(Fallback::FeeWithoutMode),
         ..read("blockchain.estimatefee", Params::Fee)
     },
     MethodInfo {
         policy: Policy::Median,
         cache: Cache::Short,
+        check: Check::FeeRate,
         until: Some((1, 5)),
         fallback: Some(Fallback::RelayFeeFromMempoolInfo),
         ..read("blockchain.relayfee", Params::Any)
@@ -261,30 +285,36 @@ pub static METHODS: &[MethodInfo] = &[
     MethodInfo {
         policy: Policy::Median,
         cache: Cache::Short,
+        check: Check::FeeInfo,
         since: (1, 6),
         fallback: Some(Fallback::MempoolInfoFromRelayFee),
         ..read("mempool.get_info", Params::Any)
     },
     MethodInfo {
         cache: Cache::Short,
+        check: Check::FeeHistogram,
         ..read("mempool.get_fee_histogram", Params::Any)
     },
     MethodInfo {
         policy: Policy::Quorum,
+        check: Check::Balance,
         vote: Vote::Balance,
         ..read("blockchain.scripthash.get_balance", Params::ScriptHash)
     },
     MethodInfo {
         policy: Policy::Quorum,
+        check: Check::History,
         vote: Vote::History,
         ..read("blockchain.scripthash.get_history", Params::ScriptHash)
     },
     MethodInfo {
+        check: Check::History,
         fallback: Some(Fallback::MempoolFromHistory),
         ..read("blockchain.scripthash.get_mempool", Params::ScriptHash)
     },
     MethodInfo {
         policy: Policy::Quorum,
+        check: Check::Unspent,
         vote: Vote::Unspent,
         ..read("blockchain.scripthash.listunspent", Params::ScriptHash)
     },
@@ -482,7 +512,7 @@ mod tests {
                 assert_eq!(m.policy, Policy::Quorum, "{}", m.name);
             }
             // Answers proven against the verified chain do not depend on an upstream's tip.
-            if m.check != Check::None && m.kind == Kind::Read {
+            if m.check.proves() && m.kind == Kind::Read {
                 assert!(!m.tip, "{}", m.name);
             }
         }

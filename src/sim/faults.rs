@@ -34,6 +34,19 @@ pub struct Faults {
     pub bad_header: bool,
     /// `wrong-tx`: `transaction.get` returns another transaction.
     pub wrong_tx: bool,
+    /// `fake-mempool`: every scripthash's history, mempool, unspent list and balance carry an
+    /// unconfirmed payment that does not exist, and statuses are computed with it.
+    pub fake_mempool: bool,
+    /// `string-heights`: history heights are written as strings.
+    pub string_heights: bool,
+    /// `accept-all`: every broadcast that decodes as a transaction is "accepted" with its txid,
+    /// valid or not.
+    pub accept_all: bool,
+    /// `fee-factor=N`: fee estimates, the relay fee and mempool fee figures are N times the
+    /// honest ones.
+    pub fee_factor: Option<u64>,
+    /// `fee-garbage`: fee figures are answered as strings.
+    pub fee_garbage: bool,
     /// `flap=SECONDS`: the endpoint alternates SECONDS down and SECONDS up.
     pub flap_secs: Option<u64>,
     /// `version=V`: the highest protocol version the endpoint speaks (e.g. `1.4` like electrs).
@@ -89,6 +102,11 @@ impl Faults {
             "bad-merkle" => self.bad_merkle = flag(value)?,
             "bad-header" => self.bad_header = flag(value)?,
             "wrong-tx" => self.wrong_tx = flag(value)?,
+            "fake-mempool" => self.fake_mempool = flag(value)?,
+            "string-heights" => self.string_heights = flag(value)?,
+            "accept-all" => self.accept_all = flag(value)?,
+            "fee-garbage" => self.fee_garbage = flag(value)?,
+            "fee-factor" => self.fee_factor = Some(num(value)?),
             "flap" => {
                 let secs = num(value)?;
                 if secs == 0 {
@@ -165,6 +183,10 @@ impl fmt::Display for Faults {
             (self.bad_merkle, "bad-merkle"),
             (self.bad_header, "bad-header"),
             (self.wrong_tx, "wrong-tx"),
+            (self.fake_mempool, "fake-mempool"),
+            (self.string_heights, "string-heights"),
+            (self.accept_all, "accept-all"),
+            (self.fee_garbage, "fee-garbage"),
         ] {
             if on {
                 items.push(name.into());
@@ -172,6 +194,9 @@ impl fmt::Display for Faults {
         }
         if let Some(s) = self.flap_secs {
             items.push(format!("flap={s}"));
+        }
+        if let Some(n) = self.fee_factor {
+            items.push(format!("fee-factor={n}"));
         }
         if let Some(v) = &self.max_version {
             items.push(format!("version={v}"));

@@ -68,6 +68,17 @@ impl Call<'_> {
         }
     }
 
+    /// A fee figure as this endpoint answers it: honest, multiplied under `fee-factor`, a
+    /// string under `fee-garbage`.
+    fn fee(&self, honest: f64) -> Value {
+        let v = honest * self.faults.fee_factor.unwrap_or(1) as f64;
+        if self.faults.fee_garbage {
+            json!(v.to_string())
+        } else {
+            json!(v)
+        }
+    }
+
     fn check_available(&self, state: &SessionState, method: &str) -> Result<(), RpcError> {
         if method.starts_with("sim.") {
             return Ok(());
@@ -154,18 +165,18 @@ impl Call<'_> {
                         return Err(RpcError::bad_request("mode must be a string"));
                     }
                 }
-                Ok(json!(estimate_fee(n)))
+                Ok(self.fee(estimate_fee(n)))
             }
             "blockchain.relayfee" => {
                 params(req, &[], 0)?;
-                Ok(json!(0.00001))
+                Ok(self.fee(0.00001))
             }
             "mempool.get_info" => {
                 params(req, &[], 0)?;
                 Ok(json!({
-                    "mempoolminfee": 0.00001,
-                    "minrelaytxfee": 0.00001,
-                    "incrementalrelayfee": 0.00001,
+                    "mempoolminfee": self.fee(0.00001),
+                    "minrelaytxfee": self.fee(0.00001),
+                    "incrementalrelayfee": self.fee(0.00001),
                 }))
             }
             "mempool.get_fee_histogram" => {
@@ -180,25 +191,38 @@ impl Call<'_> {
                 } else {
                     c
                 };
+                let u = if self.faults.fake_mempool {
+                    u + FAKE_PAYMENT_SATS as i64
+                } else {
+                    u
+                };
                 Ok(json!({"confirmed": c, "unconfirmed": u}))
             }
             "blockchain.scripthash.get_history" => {
                 let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
-                Ok(history_json(&served_history(
-                    &self.view(),
+                Ok(history_json_as(
+                    &served_history(&self.view(), self.faults, &sh),
                     self.faults,
-                    &sh,
-                )))
+                ))
             }
             "blockchain.scripthash.get_mempool" => {
                 let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
                 let h = served_history(&self.view(), self.faults, &sh);
                 let mem: Vec<HistEntry> = h.into_iter().filter(|e| e.height <= 0).collect();
-                Ok(history_json(&mem))
+                Ok(history_json_as(&mem, self.faults))
             }
             "blockchain.scripthash.listunspent" => {
                 let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
-                Ok(listunspent_json(&self.view(), &sh))
+                let mut list = listunspent_json(&self.view(), &sh);
+                if let (true, Value::Array(items)) = (self.faults.fake_mempool, &mut list) {
+                    items.push(json!({
+                        "tx_hash": FAKE_TXID,
+                        "tx_pos": 0,
+                        "height": 0,
+                        "value": FAKE_PAYMENT_SATS,
+                    }));
+                }
+                Ok(list)
             }
             "blockchain.scripthash.subscribe" => {
                 let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
@@ -220,6 +244,9 @@ impl Call<'_> {
                 let p = params(req, &["raw_tx"], 1)?;
                 let raw = string(p[0], "raw_tx")?;
                 let tx = decode_tx(raw)?;
+                if self.faults.accept_all {
+                    return Ok(json!(tx.compute_txid().to_string()));
+                }
                 match self.inner.broadcast(tx) {
                     Ok(txid) => Ok(json!(txid.to_string())),
                     Err(e) => Err(rejected(&e, raw)),
@@ -519,7 +546,13 @@ fn corrupt_branch(branch: &mut Vec<String>) {
     }
 }
 
-/// History as served: under `lie-history` the newest confirmed entry is dropped.
+/// The txid of the payment `fake-mempool` invents.
+const FAKE_TXID: &str = "fa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4e";
+/// Its amount.
+const FAKE_PAYMENT_SATS: u64 = 21_000_000;
+
+/// History as served: under `lie-history` the newest confirmed entry is dropped; under
+/// `fake-mempool` an invented unconfirmed payment is added.
 pub(crate) fn served_history(view: &View, faults: &Faults, sh: &Sh) -> Vec<HistEntry> {
     let mut h = view.history(sh);
     if faults.lie_history {
@@ -527,7 +560,29 @@ pub(crate) fn served_history(view: &View, faults: &Faults, sh: &Sh) -> Vec<HistE
             h.remove(i);
         }
     }
+    if faults.fake_mempool {
+        if let Ok(txid) = FAKE_TXID.parse() {
+            h.push(HistEntry {
+                height: 0,
+                txid,
+                fee: Some(1000),
+            });
+        }
+    }
     h
+}
+
+/// `get_history` JSON as served: under `string-heights` heights are strings.
+fn history_json_as(history: &[HistEntry], faults: &Faults) -> Value {
+    let mut v = history_json(history);
+    if let (true, Value::Array(items)) = (faults.string_heights, &mut v) {
+        for e in items {
+            if let Some(h) = e.get("height").cloned() {
+                e["height"] = json!(h.to_string());
+            }
+        }
+    }
+    v
 }
 
 /// `get_history` JSON: `{"height","tx_hash"}` plus `"fee"` for mempool entries.
