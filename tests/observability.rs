@@ -306,9 +306,10 @@ async fn metrics_health_status_and_admin_over_http() {
         metric(&m, "electrum_gateway_session_subscriptions", &[]),
         Some(1.0)
     );
+    // Two upstreams watch each scripthash.
     assert_eq!(
         metric(&m, "electrum_gateway_upstream_subscriptions", &[]),
-        Some(1.0)
+        Some(2.0)
     );
     assert!(metric(&m, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
 
@@ -345,7 +346,7 @@ async fn metrics_health_status_and_admin_over_http() {
     assert_eq!(s["tip_agreement"][0]["conflict"], false);
     assert_eq!(s["sessions"], 1);
     assert_eq!(s["subscriptions"]["scripthashes"], 1);
-    assert_eq!(s["subscriptions"]["upstream"], 1);
+    assert_eq!(s["subscriptions"]["upstream"], 2);
 
     // Admin: list, cordon (by index, name, URL), and the router honouring it.
     let list = net.admin_ok("upstreams.list", json!([])).await;

@@ -18,12 +18,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
-use super::pool::{Pool, PoolEvent};
+use super::pool::Pool;
 use super::router::unavailable;
 use super::upstream::Upstream;
-use crate::chain::{histories_agree, parse_history, HistoryEntry};
-use crate::client::{Client, ClientError};
+use crate::chain::{parse_history, status_hash};
+use crate::client::{Client, ClientError, Subscription};
 use crate::protocol::RpcError;
 use crate::verify::{check_history_status, Reason, Verdict};
 
@@ -258,82 +259,270 @@ impl Hub {
         }
     }
 
-    async fn run_entry(self: Arc<Self>, entry: Arc<Entry>) {
-        let key = key_of(&entry.scripthash);
-        let mut events = self.pool.events();
-        let mut moved = false;
-        loop {
-            let Some((up, client)) = self.pool.pick_for(key) else {
-                // No upstream in step now: wait for a change (or for the entry to close).
-                tokio::select! {
-                    _ = entry.closed.notified() => return,
-                    _ = events.recv() => continue,
-                }
-            };
-            let params = vec![Value::String(entry.scripthash.to_string())];
-            let sub = tokio::select! {
-                r = client.subscribe("blockchain.scripthash.subscribe", params) => r,
-                _ = entry.closed.notified() => return,
-            };
-            let (initial, mut stream) = match sub {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(upstream = %up.name(), error = %e, "subscribe failed");
-                    tokio::select! {
-                        _ = entry.closed.notified() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    }
-                }
-            };
-            if moved {
-                self.moves.fetch_add(1, Ordering::Relaxed);
-            }
-            moved = true;
-            self.upstream_subs.fetch_add(1, Ordering::Relaxed);
-            let initial: Value = serde_json::from_str(initial.get()).unwrap_or(Value::Bool(false));
-            let mut next = Some(initial);
-            let closed = loop {
-                if let Some(status) = next.take() {
-                    if self.vet(&up, &client, &entry.scripthash, &status).await {
-                        self.apply(&entry, status);
-                    } else {
-                        break false;
-                    }
-                }
-                tokio::select! {
-                    v = stream.next() => match v {
-                        Some(v) => next = Some(v),
-                        None => break false,
-                    },
-                    ev = events.recv() => {
-                        // The upstream fell out of step (demoted, sitting out): move.
-                        let relevant = match ev {
-                            Ok(PoolEvent::Standing(id)) => id == up.id,
-                            Ok(_) => false,
-                            Err(_) => true,
-                        };
-                        if relevant && !up.in_step() {
-                            break false;
-                        }
-                    }
-                    _ = entry.closed.notified() => break true,
-                }
-            };
-            self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
-            drop(stream);
-            if closed {
-                return;
-            }
-            tracing::debug!(upstream = %up.name(), "moving a subscription to another upstream");
+    /// How many upstreams watch a scripthash: two, so that every status a wallet receives is
+    /// confirmed by a second upstream and a silent one is noticed; one when statuses are not
+    /// verified.
+    fn watchers_wanted(&self) -> usize {
+        if self.verify_statuses {
+            2
+        } else {
+            1
         }
     }
 
-    /// Checks a status an upstream announced before any wallet sees it: it must be the status
-    /// of the history that upstream returns, and that history's confirmed part must agree with
-    /// the other upstreams' (a majority decides when they differ). Every history is asked for
-    /// through the pool's checked call. Returns false when the status is false: the upstream
-    /// has been penalised and the subscription must move. Transport failures while checking are
-    /// not held against it.
+    /// Keeps a scripthash watched by [`Hub::watchers_wanted`] upstreams in step, each through its
+    /// own upstream subscription, until the last session leaves. Every status a watcher
+    /// announces is vetted against its own history ([`Hub::vet`]); a status reaches the wallets
+    /// only when every watcher announces it ([`Hub::reconcile`]). When watchers disagree for
+    /// longer than [`ARBITRATE_AFTER`] (one stays silent, or lies), every upstream in step is
+    /// asked for the history and the status two of them agree on wins ([`Hub::arbitrate`]); a
+    /// watcher that was wrong or silent is penalised and replaced. A watcher whose subscription
+    /// fails, stalls past [`SUBSCRIBE_PATIENCE`] or ends (its connection lost) is replaced by
+    /// another upstream; the last known status is kept, so a change that happened meanwhile is
+    /// still notified.
+    async fn run_entry(self: Arc<Self>, entry: Arc<Entry>) {
+        let key = key_of(&entry.scripthash);
+        let mut events = self.pool.events();
+        let mut watchers: Vec<Watcher> = Vec::new();
+        // Upstreams that failed this scripthash lately, with when they may be tried again.
+        let mut shunned: HashMap<usize, Instant> = HashMap::new();
+        let mut disagree_since: Option<Instant> = None;
+        let mut ever = false;
+        loop {
+            // Fill the watcher set from the upstreams in step.
+            let mut filled = false;
+            let mut closing = false;
+            while watchers.len() < self.watchers_wanted() {
+                let now = Instant::now();
+                shunned.retain(|_, until| *until > now);
+                let watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
+                let mut exclude = watching.clone();
+                exclude.extend(shunned.keys());
+                // Upstreams that failed this scripthash lately come last, not never: with too few
+                // others they are asked again.
+                let Some((up, client)) = self
+                    .pool
+                    .pick_for(key, &exclude)
+                    .or_else(|| self.pool.pick_for(key, &watching))
+                else {
+                    break;
+                };
+                let watched = tokio::select! {
+                    w = self.watch(&entry, up.clone(), client) => w,
+                    _ = entry.closed.notified() => {
+                        closing = true;
+                        break;
+                    }
+                };
+                match watched {
+                    Some(w) => {
+                        if ever {
+                            self.moves.fetch_add(1, Ordering::Relaxed);
+                        }
+                        watchers.push(w);
+                        filled = true;
+                    }
+                    None => {
+                        shunned.insert(up.id, Instant::now() + SHUN_FOR);
+                    }
+                }
+            }
+            if closing {
+                break;
+            }
+            ever |= filled;
+            self.reconcile(&entry, &watchers, &mut disagree_since);
+            let arbitrate_at = disagree_since.map(|t| t + ARBITRATE_AFTER);
+            // Too few watchers: look again soon even if no pool event says so.
+            let refill_at =
+                (watchers.len() < self.watchers_wanted()).then(|| Instant::now() + REFILL_EVERY);
+            tokio::select! {
+                (i, v) = next_status(&mut watchers) => match v {
+                    Some(status) => {
+                        let w = &mut watchers[i];
+                        if self.vet(&w.up, &w.client, &entry.scripthash, &status).await {
+                            w.status = Some(status);
+                        } else {
+                            self.drop_watcher(&mut watchers, i, &mut shunned);
+                        }
+                    }
+                    // The subscription ended (connection lost or replaced): move it.
+                    None => self.drop_watcher(&mut watchers, i, &mut shunned),
+                },
+                _ = events.recv() => {
+                    // A watcher fell out of step (demoted, sitting out): move it. Any change
+                    // may also bring an upstream in step for a missing watcher.
+                    while let Some(i) = watchers.iter().position(|w| !w.up.in_step()) {
+                        self.drop_watcher(&mut watchers, i, &mut shunned);
+                    }
+                }
+                _ = sleep_until(refill_at) => {}
+                _ = sleep_until(arbitrate_at) => {
+                    disagree_since = None;
+                    self.arbitrate(&entry, &mut watchers, &mut shunned).await;
+                }
+                _ = entry.closed.notified() => break,
+            }
+        }
+        for _ in watchers.drain(..) {
+            self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Subscribes to the entry's scripthash on one upstream, within [`SUBSCRIBE_PATIENCE`], and
+    /// vets the status it answers. `None` when it fails, stalls or lies; an upstream that fails
+    /// [`STALL_STRIKES`] subscriptions in a row is penalised.
+    async fn watch(&self, entry: &Entry, up: Arc<Upstream>, client: Client) -> Option<Watcher> {
+        let params = vec![Value::String(entry.scripthash.to_string())];
+        let sub = tokio::time::timeout(
+            SUBSCRIBE_PATIENCE,
+            client.subscribe("blockchain.scripthash.subscribe", params),
+        )
+        .await;
+        let (initial, stream) = match sub {
+            Ok(Ok(s)) => {
+                up.subscribe_failures.store(0, Ordering::Relaxed);
+                s
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                tracing::debug!(upstream = %up.name(), error = %why, "subscribe failed");
+                let strikes = up.subscribe_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if strikes >= STALL_STRIKES {
+                    up.subscribe_failures.store(0, Ordering::Relaxed);
+                    self.pool.penalize(&up, Reason::Stalled);
+                }
+                return None;
+            }
+        };
+        self.upstream_subs.fetch_add(1, Ordering::Relaxed);
+        let initial: Value = serde_json::from_str(initial.get()).unwrap_or(Value::Bool(false));
+        if !self.vet(&up, &client, &entry.scripthash, &initial).await {
+            self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Watcher {
+            up,
+            client,
+            stream,
+            status: Some(initial),
+        })
+    }
+
+    fn drop_watcher(
+        &self,
+        watchers: &mut Vec<Watcher>,
+        i: usize,
+        shunned: &mut HashMap<usize, Instant>,
+    ) {
+        let w = watchers.swap_remove(i);
+        shunned.insert(w.up.id, Instant::now() + SHUN_FOR);
+        self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(upstream = %w.up.name(), "moving a subscription to another upstream");
+    }
+
+    /// Applies the status every watcher announces, if they agree and there are enough of them;
+    /// notes when a disagreement began.
+    fn reconcile(&self, entry: &Entry, watchers: &[Watcher], disagree_since: &mut Option<Instant>) {
+        let statuses: Vec<&Value> = watchers.iter().filter_map(|w| w.status.as_ref()).collect();
+        let Some(first) = statuses.first() else {
+            *disagree_since = None;
+            return;
+        };
+        if statuses.iter().all(|s| s == first) {
+            *disagree_since = None;
+            if statuses.len() >= self.watchers_wanted() {
+                self.apply(entry, (*first).clone());
+            }
+        } else if disagree_since.is_none() {
+            *disagree_since = Some(Instant::now());
+        }
+    }
+
+    /// Settles a disagreement between watchers: every upstream in step is asked for the
+    /// scripthash's history (through the checked call), and the status that two of them agree
+    /// on is applied. Watchers on the losing side are penalised (a status that is not what the
+    /// majority's history says, or a silence about a change the others report) and replaced.
+    async fn arbitrate(
+        &self,
+        entry: &Entry,
+        watchers: &mut Vec<Watcher>,
+        shunned: &mut HashMap<usize, Instant>,
+    ) {
+        let params = vec![Value::String(entry.scripthash.to_string())];
+        let asked = self
+            .pool
+            .ranked_for(true)
+            .into_iter()
+            .map(|(up, client)| {
+                let params = params.clone();
+                async move {
+                    let res = self
+                        .pool
+                        .ask(
+                            &up,
+                            &client,
+                            "blockchain.scripthash.get_history",
+                            params,
+                            crate::verify::check_history,
+                        )
+                        .await;
+                    (up, res)
+                }
+            })
+            .collect::<futures::stream::FuturesUnordered<_>>()
+            .collect::<Vec<_>>()
+            .await;
+        let mut by_status: Vec<(Value, Vec<usize>)> = Vec::new();
+        for (up, res) in asked {
+            let Some(history) = res.ok().and_then(|raw| parse_history(raw.get()).ok()) else {
+                continue;
+            };
+            let status = status_hash(&history).map_or(Value::Null, Value::String);
+            match by_status.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, ids)) => ids.push(up.id),
+                None => by_status.push((status, vec![up.id])),
+            }
+        }
+        let total: usize = by_status.iter().map(|(_, ids)| ids.len()).sum();
+        let Some((winner, agreeing)) = by_status
+            .into_iter()
+            .find(|(_, ids)| ids.len() >= 2 && ids.len() * 2 > total)
+        else {
+            tracing::warn!("upstreams disagree on a status and no two agree; asking again");
+            return;
+        };
+        let mut i = 0;
+        while i < watchers.len() {
+            let w = &watchers[i];
+            if w.status.as_ref() == Some(&winner) {
+                i += 1;
+                continue;
+            }
+            // Wrong (its history is not the majority's) or silent (its history is, but it never
+            // announced the change).
+            let reason = if agreeing.contains(&w.up.id) {
+                Reason::Silent
+            } else {
+                Reason::HistoryMismatch
+            };
+            self.pool.penalize(&w.up, reason);
+            self.drop_watcher(watchers, i, shunned);
+        }
+        for w in watchers.iter_mut() {
+            w.status = Some(winner.clone());
+        }
+        self.apply(entry, winner);
+    }
+
+    /// Checks a status a watcher announced against that upstream's own history: it must be the
+    /// status of the history it returns (asked twice, as a transaction may land between the
+    /// status and the history). Returns false when the status is proven false: the upstream
+    /// has been penalised. A history it cannot give is not held against it; agreement with the
+    /// other watcher still decides what reaches wallets.
     async fn vet(&self, up: &Upstream, client: &Client, scripthash: &str, status: &Value) -> bool {
         if !valid_status(status) {
             self.pool.penalize(up, Reason::BadStatus);
@@ -343,9 +532,6 @@ impl Hub {
             return true;
         }
         let params = vec![Value::String(scripthash.to_string())];
-        let mut history = None;
-        // Twice: a new transaction may land between the status and the history, so the first
-        // mismatch is not held against the upstream; the second is.
         for attempt in 0..2 {
             let asked = self
                 .pool
@@ -363,72 +549,54 @@ impl Hub {
                 )
                 .await;
             match asked {
-                Ok(raw) => {
-                    history = Some(raw);
-                    break;
-                }
+                Ok(_) => return true,
                 Err(ClientError::Protocol(_)) if attempt == 0 => continue,
                 // Proven false: the checked call penalised it.
                 Err(ClientError::Protocol(_)) => return false,
                 Err(_) => return true,
             }
         }
-        let Some(mine) = history.and_then(|h| parse_history(h.get()).ok()) else {
-            self.pool.penalize(up, Reason::BadStatus);
-            return false;
-        };
-        // Compare confirmed parts with the other upstreams in step, up to the lowest tip among
-        // those compared (a block may reach one upstream before another).
-        let others: Vec<_> = self
-            .pool
-            .ranked_for(true)
-            .into_iter()
-            .filter(|(u, _)| u.id != up.id)
-            .collect();
-        if others.is_empty() {
-            return true;
-        }
-        let my_tip = || up.tip().map(|t| t.height).unwrap_or(0);
-        let mut versions: Vec<(Vec<HistoryEntry>, u32)> = Vec::new();
-        for (other, oc) in others {
-            let asked = self
-                .pool
-                .ask(
-                    &other,
-                    &oc,
-                    "blockchain.scripthash.get_history",
-                    params.clone(),
-                    |_| Verdict::Proven,
-                )
-                .await;
-            let Some(theirs) = asked.ok().and_then(|raw| parse_history(raw.get()).ok()) else {
-                continue;
-            };
-            let tip = other.tip().map(|t| t.height).unwrap_or(0);
-            versions.push((theirs, tip));
-            // One agreeing upstream is enough when nobody disagrees so far.
-            if versions
-                .iter()
-                .all(|(v, t)| histories_agree(&mine, v, my_tip().min(*t)))
-            {
-                return true;
-            }
-        }
-        let agree = versions
-            .iter()
-            .filter(|(v, t)| histories_agree(&mine, v, my_tip().min(*t)))
-            .count()
-            + 1;
-        let total = versions.len() + 1;
-        if agree * 2 > total {
-            true
-        } else if (total - agree) * 2 > total {
-            self.pool.penalize(up, Reason::HistoryMismatch);
-            false
-        } else {
-            tracing::warn!(upstream = %up.name(), "upstreams disagree on a history; no majority");
-            true
-        }
+        true
+    }
+}
+
+/// How long one upstream may take to answer a subscription before another is asked.
+pub const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(3);
+/// How long an upstream that failed a scripthash's subscription is not asked for it again.
+const SHUN_FOR: Duration = Duration::from_secs(30);
+/// Subscriptions an upstream may fail (or stall) in a row before it is penalised.
+const STALL_STRIKES: u32 = 3;
+/// How often a scripthash with too few watchers looks for another upstream.
+const REFILL_EVERY: Duration = Duration::from_millis(500);
+/// How long watchers may disagree (an honest one a little behind) before the upstreams vote.
+pub const ARBITRATE_AFTER: Duration = Duration::from_secs(2);
+
+/// One upstream watching a scripthash.
+struct Watcher {
+    up: Arc<Upstream>,
+    client: Client,
+    stream: Subscription,
+    /// The last status it announced that passed vetting.
+    status: Option<Value>,
+}
+
+/// The next status any watcher announces, with the watcher's index (`None`: its subscription
+/// ended). Pending forever without watchers.
+async fn next_status(watchers: &mut [Watcher]) -> (usize, Option<Value>) {
+    if watchers.is_empty() {
+        return futures::future::pending().await;
+    }
+    let nexts = watchers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, w)| Box::pin(async move { (i, w.stream.next().await) }));
+    futures::future::select_all(nexts).await.0
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
     }
 }
 

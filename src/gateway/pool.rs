@@ -41,7 +41,7 @@ pub enum PoolEvent {
     /// The best tip changed.
     Tip,
     /// An upstream's standing changed (demoted, back in step, sitting out).
-    Standing(usize),
+    Standing,
 }
 
 /// An upstream candidate for a read: upstream, connection, (out of step, lag), score.
@@ -293,10 +293,12 @@ impl Pool {
         self.ranked_for(true)
     }
 
-    /// The upstream and connection that should carry the subscription for `key`: spread by key
-    /// over the upstreams in step, stable while they stay so.
-    pub fn pick_for(&self, key: u64) -> Option<(Arc<Upstream>, Client)> {
+    /// The upstream and connection that should carry a subscription for `key`: spread by key
+    /// over the upstreams in step but those in `exclude` (the key's other watchers, upstreams
+    /// that failed it lately), stable while they stay so.
+    pub fn pick_for(&self, key: u64, exclude: &[usize]) -> Option<(Arc<Upstream>, Client)> {
         let mut set = self.ranked_for(true);
+        set.retain(|(u, _)| !exclude.contains(&u.id));
         if set.is_empty() {
             return None;
         }
@@ -318,7 +320,7 @@ impl Pool {
             let period = st.strike(self.penalty_base);
             tracing::info!(upstream = %name, sit_out_secs = period.as_secs_f64(), "upstream sits out");
         }
-        let _ = self.events.send(PoolEvent::Standing(up.id));
+        let _ = self.events.send(PoolEvent::Standing);
     }
 
     /// Adds a server as a candidate (from an operator or from peers).
@@ -644,7 +646,7 @@ impl Pool {
             }
             None => tracing::info!(upstream = %up.name(), "upstream back in step"),
         }
-        let _ = self.events.send(PoolEvent::Standing(up.id));
+        let _ = self.events.send(PoolEvent::Standing);
     }
 
     /// Recomputes every upstream's place relative to the verified best tip (after breaking
@@ -690,7 +692,7 @@ impl Pool {
                 self.set_demoted(up, d);
             }
             if changed_best {
-                let _ = self.events.send(PoolEvent::Standing(up.id));
+                let _ = self.events.send(PoolEvent::Standing);
             }
         }
     }

@@ -60,6 +60,8 @@ pub struct Upstream {
     pub(crate) link: LinkGuard,
     /// An operator took this upstream out of rotation.
     pub cordoned: AtomicBool,
+    /// Scripthash subscriptions it failed or stalled in a row.
+    pub(crate) subscribe_failures: std::sync::atomic::AtomicU32,
 }
 
 impl Upstream {
@@ -75,6 +77,7 @@ impl Upstream {
             standing: Mutex::new(Standing::default()),
             link: LinkGuard::default(),
             cordoned: AtomicBool::new(false),
+            subscribe_failures: Default::default(),
         }
     }
 

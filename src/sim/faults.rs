@@ -47,6 +47,14 @@ pub struct Faults {
     pub fee_factor: Option<u64>,
     /// `fee-garbage`: fee figures are answered as strings.
     pub fee_garbage: bool,
+    /// `hide-mempool`: unconfirmed transactions are left out of histories, unspent lists,
+    /// balances and statuses (a pending payment hidden, consistently).
+    pub hide_mempool: bool,
+    /// `silent`: scripthash status changes are never notified (subscribe answers are honest).
+    pub silent: bool,
+    /// `stall-subscribe`: `blockchain.scripthash.subscribe` requests are never answered;
+    /// everything else is.
+    pub stall_subscribe: bool,
     /// `flap=SECONDS`: the endpoint alternates SECONDS down and SECONDS up.
     pub flap_secs: Option<u64>,
     /// `version=V`: the highest protocol version the endpoint speaks (e.g. `1.4` like electrs).
@@ -106,6 +114,9 @@ impl Faults {
             "string-heights" => self.string_heights = flag(value)?,
             "accept-all" => self.accept_all = flag(value)?,
             "fee-garbage" => self.fee_garbage = flag(value)?,
+            "hide-mempool" => self.hide_mempool = flag(value)?,
+            "silent" => self.silent = flag(value)?,
+            "stall-subscribe" => self.stall_subscribe = flag(value)?,
             "fee-factor" => self.fee_factor = Some(num(value)?),
             "flap" => {
                 let secs = num(value)?;
@@ -187,6 +198,9 @@ impl fmt::Display for Faults {
             (self.string_heights, "string-heights"),
             (self.accept_all, "accept-all"),
             (self.fee_garbage, "fee-garbage"),
+            (self.hide_mempool, "hide-mempool"),
+            (self.silent, "silent"),
+            (self.stall_subscribe, "stall-subscribe"),
         ] {
             if on {
                 items.push(name.into());

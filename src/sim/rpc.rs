@@ -193,6 +193,8 @@ impl Call<'_> {
                 };
                 let u = if self.faults.fake_mempool {
                     u + FAKE_PAYMENT_SATS as i64
+                } else if self.faults.hide_mempool {
+                    0
                 } else {
                     u
                 };
@@ -214,6 +216,9 @@ impl Call<'_> {
             "blockchain.scripthash.listunspent" => {
                 let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
                 let mut list = listunspent_json(&self.view(), &sh);
+                if let (true, Value::Array(items)) = (self.faults.hide_mempool, &mut list) {
+                    items.retain(|u| u["height"].as_i64().unwrap_or(0) > 0);
+                }
                 if let (true, Value::Array(items)) = (self.faults.fake_mempool, &mut list) {
                     items.push(json!({
                         "tx_hash": FAKE_TXID,
@@ -559,6 +564,9 @@ pub(crate) fn served_history(view: &View, faults: &Faults, sh: &Sh) -> Vec<HistE
         if let Some(i) = h.iter().rposition(|e| e.height > 0) {
             h.remove(i);
         }
+    }
+    if faults.hide_mempool {
+        h.retain(|e| e.height > 0);
     }
     if faults.fake_mempool {
         if let Ok(txid) = FAKE_TXID.parse() {

@@ -91,7 +91,9 @@ pub(crate) async fn run(
                 let faults = ep.faults();
                 let (reply, n) = handle_line(&inner, endpoint, &faults, &mut state, &line);
                 handled += n;
-                if !faults.stall {
+                let stalled = faults.stall
+                    || (faults.stall_subscribe && line.contains("blockchain.scripthash.subscribe"));
+                if !stalled {
                     if let Some(line) = reply {
                         queue.push_back(Outgoing {
                             due: Instant::now() + Duration::from_millis(faults.latency_ms),
@@ -211,7 +213,9 @@ fn notifications(
         let now = status(&served_history(&view, faults, sh));
         if now != *last {
             *last = now;
-            out.push(scripthash_notification(sh, last));
+            if !faults.silent {
+                out.push(scripthash_notification(sh, last));
+            }
         }
     }
     out

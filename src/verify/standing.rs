@@ -25,6 +25,10 @@ pub enum Reason {
     BadBroadcast,
     /// The answer lost a vote among upstreams in step.
     VoteMinority,
+    /// Subscriptions it was asked for failed or stalled again and again.
+    Stalled,
+    /// It never announced a status change the other upstreams' histories show.
+    Silent,
     /// Header chain: a chain that does not start at the network's genesis.
     BadGenesis,
     /// Header chain: a header that does not link to its parent.
@@ -56,6 +60,8 @@ impl Reason {
         Reason::HistoryMismatch,
         Reason::BadBroadcast,
         Reason::VoteMinority,
+        Reason::Stalled,
+        Reason::Silent,
         Reason::BadGenesis,
         Reason::BadLink,
         Reason::BadTarget,
@@ -78,6 +84,8 @@ impl Reason {
             Reason::HistoryMismatch => "history_mismatch",
             Reason::BadBroadcast => "bad_broadcast",
             Reason::VoteMinority => "vote_minority",
+            Reason::Stalled => "stalled",
+            Reason::Silent => "silent",
             Reason::BadGenesis => "bad_genesis",
             Reason::BadLink => "bad_link",
             Reason::BadTarget => "bad_target",
