@@ -71,9 +71,13 @@ impl AnswerCache {
     /// A cached answer to `call`, if there is a valid one. Counts a hit or a miss for
     /// cacheable calls.
     pub fn get(&self, tracker: &ChainTracker, call: &Call) -> Option<Box<RawValue>> {
-        let key = call.cache_key()?;
+        self.get_keyed(tracker, &call.cache_key()?)
+    }
+
+    /// [`AnswerCache::get`] with the call's cache key already made.
+    pub fn get_keyed(&self, tracker: &ChainTracker, key: &str) -> Option<Box<RawValue>> {
         let mut entries = self.entries.lock().ok()?;
-        let found = entries.get(&key).map(|e| {
+        let found = entries.get(key).map(|e| {
             let valid = match e.validity {
                 Validity::Always => true,
                 Validity::Block(h, hash) => tracker.with_chain(|c| c.hash(h)) == Some(hash),
@@ -89,7 +93,7 @@ impl AnswerCache {
                 Some(raw)
             }
             Some(None) => {
-                entries.pop(&key);
+                entries.pop(key);
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -102,9 +106,13 @@ impl AnswerCache {
 
     /// Keeps a checked answer to `call` for as long as its row allows.
     pub fn put(&self, tracker: &ChainTracker, call: &Call, raw: &RawValue) {
-        let Some(key) = call.cache_key() else {
-            return;
-        };
+        if let Some(key) = call.cache_key() {
+            self.put_keyed(tracker, call, key, raw);
+        }
+    }
+
+    /// [`AnswerCache::put`] with the call's cache key already made.
+    pub fn put_keyed(&self, tracker: &ChainTracker, call: &Call, key: String, raw: &RawValue) {
         let validity = match (call.info.cache, call.proof_height()) {
             (Cache::Never, _) => return,
             (Cache::Short, _) => match tip_hash(tracker) {

@@ -112,15 +112,16 @@ impl Core {
     /// merkle branch).
     pub async fn read(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
         let tracker = self.pool.tracker();
-        if call.cache_key().is_some() {
-            if let Some(hit) = self.cache.get(tracker, call) {
-                self.metrics.cache_hit(call.method());
-                return Ok(hit);
-            }
-            self.metrics.cache_miss(call.method());
+        let Some(key) = call.cache_key() else {
+            return self.fetch(call).await;
+        };
+        if let Some(hit) = self.cache.get_keyed(tracker, &key) {
+            self.metrics.cache_hit(call.method());
+            return Ok(hit);
         }
+        self.metrics.cache_miss(call.method());
         let v = self.fetch(call).await?;
-        self.cache.put(tracker, call, &v);
+        self.cache.put_keyed(tracker, call, key, &v);
         Ok(v)
     }
 

@@ -236,10 +236,15 @@ impl Call {
     /// The cache key of the answer, when the row lets it be cached (never for verbose
     /// transactions, whose JSON an upstream composes).
     pub fn cache_key(&self) -> Option<String> {
+        let name = self.info.name;
         match (self.info.cache, &self.args) {
             (Cache::Never, _) => None,
             (_, Args::Transaction { verbose: true, .. }) => None,
-            _ => Some(format!("{}{}", self.info.name, Value::Array(self.params()))),
+            // The common keys without building JSON first (the cache is on the hot path).
+            (_, Args::Transaction { txid, .. }) => Some(format!("{name}|{txid}")),
+            (_, Args::Merkle { txid, height }) => Some(format!("{name}|{txid}|{height}")),
+            (_, Args::IdFromPos { height, pos, .. }) => Some(format!("{name}|{height}|{pos}")),
+            _ => Some(format!("{name}|{}", Value::Array(self.params()))),
         }
     }
 
