@@ -68,14 +68,9 @@ impl AnswerCache {
         }
     }
 
-    /// A cached answer to `call`, if there is a valid one. Counts a hit or a miss for
-    /// cacheable calls.
-    pub fn get(&self, tracker: &ChainTracker, call: &Call) -> Option<Box<RawValue>> {
-        self.get_keyed(tracker, &call.cache_key()?)
-    }
-
-    /// [`AnswerCache::get`] with the call's cache key already made.
-    pub fn get_keyed(&self, tracker: &ChainTracker, key: &str) -> Option<Box<RawValue>> {
+    /// The valid cached answer under a call's key ([`Call::cache_key`]), if there is one.
+    /// Counts a hit or a miss.
+    pub fn get(&self, tracker: &ChainTracker, key: &str) -> Option<Box<RawValue>> {
         let mut entries = self.entries.lock().ok()?;
         let found = entries.get(key).map(|e| {
             let valid = match e.validity {
@@ -104,15 +99,8 @@ impl AnswerCache {
         }
     }
 
-    /// Keeps a checked answer to `call` for as long as its row allows.
-    pub fn put(&self, tracker: &ChainTracker, call: &Call, raw: &RawValue) {
-        if let Some(key) = call.cache_key() {
-            self.put_keyed(tracker, call, key, raw);
-        }
-    }
-
-    /// [`AnswerCache::put`] with the call's cache key already made.
-    pub fn put_keyed(&self, tracker: &ChainTracker, call: &Call, key: String, raw: &RawValue) {
+    /// Keeps a checked answer to `call`, under its key, for as long as its row allows.
+    pub fn put(&self, tracker: &ChainTracker, call: &Call, key: String, raw: &RawValue) {
         let validity = match (call.info.cache, call.proof_height()) {
             (Cache::Never, _) => return,
             (Cache::Short, _) => match tip_hash(tracker) {
@@ -186,6 +174,17 @@ mod tests {
         Call::internal(method, params, bitcoin::Network::Regtest, &BTreeMap::new()).unwrap()
     }
 
+    /// Looks `call` up as the gateway does: by its key, if it has one.
+    fn get(cache: &AnswerCache, tracker: &ChainTracker, call: &Call) -> Option<Box<RawValue>> {
+        cache.get(tracker, &call.cache_key()?)
+    }
+
+    fn put(cache: &AnswerCache, tracker: &ChainTracker, call: &Call, raw: &RawValue) {
+        if let Some(key) = call.cache_key() {
+            cache.put(tracker, call, key, raw);
+        }
+    }
+
     fn raw(v: serde_json::Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(&v).unwrap()
     }
@@ -202,36 +201,39 @@ mod tests {
 
         // A raw transaction is kept for good; a verbose one (composed by the upstream) never.
         let tx = call("blockchain.transaction.get", json!([TXID]));
-        assert!(cache.get(&tracker, &tx).is_none());
-        cache.put(&tracker, &tx, &raw(json!("00")));
-        assert_eq!(cache.get(&tracker, &tx).unwrap().get(), "\"00\"");
+        assert!(get(&cache, &tracker, &tx).is_none());
+        put(&cache, &tracker, &tx, &raw(json!("00")));
+        assert_eq!(get(&cache, &tracker, &tx).unwrap().get(), "\"00\"");
         let verbose = call("blockchain.transaction.get", json!([TXID, true]));
-        cache.put(&tracker, &verbose, &raw(json!({"hex": "00"})));
-        assert!(cache.get(&tracker, &verbose).is_none());
+        put(&cache, &tracker, &verbose, &raw(json!({"hex": "00"})));
+        assert!(get(&cache, &tracker, &verbose).is_none());
         // Balances are never cached.
         let bal = call("blockchain.scripthash.get_balance", json!([TXID]));
-        cache.put(&tracker, &bal, &raw(json!({"confirmed": 1})));
-        assert!(cache.get(&tracker, &bal).is_none());
+        put(&cache, &tracker, &bal, &raw(json!({"confirmed": 1})));
+        assert!(get(&cache, &tracker, &bal).is_none());
 
         // A proof of block 0 is kept only once the block is two deep.
         let proof = call("blockchain.transaction.get_merkle", json!([TXID, 0]));
-        cache.put(&tracker, &proof, &raw(json!({"block_height": 0})));
-        assert!(cache.get(&tracker, &proof).is_none(), "not deep enough yet");
+        put(&cache, &tracker, &proof, &raw(json!({"block_height": 0})));
+        assert!(
+            get(&cache, &tracker, &proof).is_none(),
+            "not deep enough yet"
+        );
         // Fees are kept while the tip stays.
         let fee = call("blockchain.estimatefee", json!([2]));
-        cache.put(&tracker, &fee, &raw(json!(0.0001)));
-        assert!(cache.get(&tracker, &fee).is_some());
+        put(&cache, &tracker, &fee, &raw(json!(0.0001)));
+        assert!(get(&cache, &tracker, &fee).is_some());
 
         let one = extend(&tracker, &genesis, 1);
         assert!(
-            cache.get(&tracker, &fee).is_none(),
+            get(&cache, &tracker, &fee).is_none(),
             "a new tip drops fee figures"
         );
-        cache.put(&tracker, &proof, &raw(json!({"block_height": 0})));
-        assert!(cache.get(&tracker, &proof).is_some(), "two deep: kept");
+        put(&cache, &tracker, &proof, &raw(json!({"block_height": 0})));
+        assert!(get(&cache, &tracker, &proof).is_some(), "two deep: kept");
         extend(&tracker, &one, 2);
         assert!(
-            cache.get(&tracker, &proof).is_some(),
+            get(&cache, &tracker, &proof).is_some(),
             "still on the verified chain"
         );
         // Hits and misses are counted for cacheable calls only: the transaction, the fee and

@@ -115,13 +115,13 @@ impl Core {
         let Some(key) = call.cache_key() else {
             return self.fetch(call).await;
         };
-        if let Some(hit) = self.cache.get_keyed(tracker, &key) {
+        if let Some(hit) = self.cache.get(tracker, &key) {
             self.metrics.cache_hit(call.method());
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
         let v = self.fetch(call).await?;
-        self.cache.put_keyed(tracker, call, key, &v);
+        self.cache.put(tracker, call, key, &v);
         Ok(v)
     }
 
