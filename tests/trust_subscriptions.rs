@@ -107,3 +107,18 @@ async fn a_stalled_subscribe_moves_to_another_upstream() {
         "an upstream stalling subscriptions again and again is penalised"
     );
 }
+
+#[tokio::test]
+async fn a_flooding_upstream_is_disconnected_and_penalised() {
+    // The attacker follows every subscription with 5,000 made-up statuses, faster than they
+    // can be vetted: the gateway queues at most a bounded number, then drops the connection.
+    let net = Net::start(&[
+        "127.0.0.1:0,flood=5000",
+        "127.0.0.1:0,latency=30",
+        "127.0.0.1:0,latency=30",
+    ])
+    .await;
+    let mut w = subscribe_all(&net).await;
+    assert!(failures(&net, Reason::Flood) >= 1, "the flood was noticed");
+    every_payment_is_notified(&net, &mut w).await;
+}

@@ -55,22 +55,36 @@ enum Pending {
     Ignore,
 }
 
+/// How a connection closed for a notification flood is described (the start of its reason).
+pub const NOTIFICATION_FLOOD: &str = "notification flood";
+
 /// One server subscription and its local subscribers.
 struct SubEntry {
     method: String,
     params: Vec<Value>,
     /// The last value delivered; `None` while the first subscribe is in flight.
     last: Option<Value>,
-    subscribers: Vec<(u64, mpsc::UnboundedSender<Value>)>,
+    subscribers: Vec<(u64, mpsc::Sender<Value>)>,
     /// Subscribers that joined while the first subscribe was in flight, waiting for its
     /// answer.
     waiters: Vec<oneshot::Sender<Result<Box<RawValue>, ClientError>>>,
 }
 
 impl SubEntry {
-    fn deliver(&mut self, value: &Value) {
+    /// Queues a value for every subscriber; a subscriber whose stream is gone is dropped.
+    /// Returns true when a subscriber's queue is full: values arrive faster than it takes them.
+    fn deliver(&mut self, value: &Value) -> bool {
+        let mut full = false;
         self.subscribers
-            .retain(|(_, tx)| tx.send(value.clone()).is_ok());
+            .retain(|(_, tx)| match tx.try_send(value.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    full = true;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        full
     }
 }
 
@@ -282,7 +296,7 @@ impl Shared {
         }
         let key = SubscriptionKey::new(&method, &params);
         let sid = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(self.config.max_queued_notifications.max(1));
         let plan = {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -421,15 +435,12 @@ impl Shared {
     fn on_line(&self, line: &str) -> Result<(), String> {
         match parse(line) {
             Err(e) => Err(format!("malformed message from server: {e}")),
-            Ok(Incoming::Single(m)) => {
-                self.on_message(m);
-                Ok(())
-            }
+            Ok(Incoming::Single(m)) => self.on_message(m),
             Ok(Incoming::Batch(items)) => {
                 let mut bad = None;
                 for item in items {
                     match item {
-                        Ok(m) => self.on_message(m),
+                        Ok(m) => self.on_message(m)?,
                         Err((_, e)) => bad = Some(e),
                     }
                 }
@@ -444,14 +455,15 @@ impl Shared {
         }
     }
 
-    fn on_message(&self, message: Message) {
+    fn on_message(&self, message: Message) -> Result<(), String> {
         match message {
             Message::Response(r) => self.on_response(r),
-            Message::Notification(n) => self.on_notification(n),
+            Message::Notification(n) => return self.on_notification(n),
             Message::Request(r) => {
                 debug!(method = %r.method, "server sent a request; ignored");
             }
         }
+        Ok(())
     }
 
     fn on_response(&self, response: Response) {
@@ -510,7 +522,9 @@ impl Shared {
                     }
                     Some(prev) if *prev != value => {
                         debug!(method = %key.method, "subscription value changed across a reconnect");
-                        entry.deliver(&value);
+                        if entry.deliver(&value) {
+                            debug!(method = %key.method, "a subscriber's queue is full");
+                        }
                         entry.last = Some(value);
                     }
                     Some(_) => {}
@@ -532,20 +546,30 @@ impl Shared {
         }
     }
 
-    fn on_notification(&self, n: Notification) {
+    /// Delivers a notification. A subscriber whose queue is full means the server sends
+    /// notifications faster than they are taken: that is a flood, and the connection is
+    /// closed (reason [`NOTIFICATION_FLOOD`]) rather than queueing without bound.
+    fn on_notification(&self, n: Notification) -> Result<(), String> {
         let key = n.subscription_key();
         let mut st = self.lock();
         let Some(entry) = st.subs.get_mut(&key) else {
             debug!(method = %n.method, params = %key.params, "notification for no subscription; ignored");
-            return;
+            return Ok(());
         };
         let value = n.value().clone();
-        entry.deliver(&value);
+        let full = entry.deliver(&value);
         // While the first answer is in flight, `last` stays unset so that the answer is
         // still recognized as the first one; the subscriber sees the answer, then this.
         if entry.last.is_some() {
             entry.last = Some(value);
         }
+        if full {
+            return Err(format!(
+                "{NOTIFICATION_FLOOD}: more than {} notifications queued for one subscription",
+                self.config.max_queued_notifications
+            ));
+        }
+        Ok(())
     }
 
     // ---- the task's side --------------------------------------------------------------

@@ -43,6 +43,7 @@
 //! ```
 
 mod conn;
+pub use conn::NOTIFICATION_FLOOD;
 pub(crate) mod connect;
 pub mod tls;
 
@@ -234,6 +235,9 @@ pub struct ClientConfig {
     /// The network addresses must belong to, for `blockchain.address.*` calls (default
     /// Bitcoin mainnet).
     pub network: bitcoin::Network,
+    /// Notifications queued per subscription stream at most; a server that sends more than a
+    /// subscriber takes is flooding, and the connection is closed (default 1024).
+    pub max_queued_notifications: usize,
 }
 
 impl ClientConfig {
@@ -252,6 +256,7 @@ impl ClientConfig {
             reconnect: Some(Backoff::default()),
             max_message: DEFAULT_MAX_LINE,
             network: bitcoin::Network::Bitcoin,
+            max_queued_notifications: 1024,
         }
     }
 }
@@ -571,7 +576,7 @@ pub struct Subscription {
     shared: Arc<Shared>,
     key: SubscriptionKey,
     id: u64,
-    rx: mpsc::UnboundedReceiver<Value>,
+    rx: mpsc::Receiver<Value>,
 }
 
 impl Subscription {

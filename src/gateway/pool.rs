@@ -355,6 +355,9 @@ impl Pool {
         c.request_timeout = secs(u.request_timeout_secs);
         c.ping_interval = Some(secs(u.ping_interval_secs)).filter(|d| !d.is_zero());
         c.reconnect = None;
+        // An honest server notifies a scripthash a few times a block; the hub takes each
+        // status as it vets it. More queued than this is a flood.
+        c.max_queued_notifications = 256;
         c.proxy = u
             .proxy
             .parse::<ProxyConfig>()
@@ -465,6 +468,9 @@ impl Pool {
                         }
                     }
                     client.close().await;
+                    if reason.starts_with(crate::client::NOTIFICATION_FLOOD) {
+                        self.penalize(&up, Reason::Flood);
+                    }
                     self.failovers.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(upstream = %up.name(), conn, %reason, "upstream lost");
                     self.metrics.event(

@@ -55,6 +55,9 @@ pub struct Faults {
     /// `stall-subscribe`: `blockchain.scripthash.subscribe` requests are never answered;
     /// everything else is.
     pub stall_subscribe: bool,
+    /// `flood=N`: every scripthash subscription is followed by N notifications of statuses
+    /// that alternate (and match nothing).
+    pub flood: Option<u64>,
     /// `flap=SECONDS`: the endpoint alternates SECONDS down and SECONDS up.
     pub flap_secs: Option<u64>,
     /// `version=V`: the highest protocol version the endpoint speaks (e.g. `1.4` like electrs).
@@ -117,6 +120,7 @@ impl Faults {
             "hide-mempool" => self.hide_mempool = flag(value)?,
             "silent" => self.silent = flag(value)?,
             "stall-subscribe" => self.stall_subscribe = flag(value)?,
+            "flood" => self.flood = Some(num(value)?),
             "fee-factor" => self.fee_factor = Some(num(value)?),
             "flap" => {
                 let secs = num(value)?;
@@ -211,6 +215,9 @@ impl fmt::Display for Faults {
         }
         if let Some(n) = self.fee_factor {
             items.push(format!("fee-factor={n}"));
+        }
+        if let Some(n) = self.flood {
+            items.push(format!("flood={n}"));
         }
         if let Some(v) = &self.max_version {
             items.push(format!("version={v}"));

@@ -102,6 +102,9 @@ pub(crate) async fn run(
                         });
                     }
                 }
+                if let Some(flood) = faults.flood {
+                    queue.extend(flood_after(&line, flood));
+                }
                 if state.close || faults.drop_after.is_some_and(|d| handled >= d) {
                     reading = false;
                 }
@@ -184,6 +187,32 @@ fn answer_message(call: &Call<'_>, state: &mut SessionState, msg: Message) -> Op
         Ok(v) => Response::ok_value(id, &v),
         Err(e) => Response::err(id, e),
     })
+}
+
+/// Under `flood=N`: N notifications of alternating made-up statuses after a scripthash
+/// subscription.
+fn flood_after(line: &str, n: u64) -> Vec<Outgoing> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return Vec::new();
+    };
+    if v["method"] != "blockchain.scripthash.subscribe" {
+        return Vec::new();
+    }
+    let sh = v["params"][0].clone();
+    (0..n)
+        .map(|i| {
+            let status = if i % 2 == 0 { "ab" } else { "cd" }.repeat(32);
+            Outgoing {
+                due: Instant::now(),
+                line: Notification {
+                    method: "blockchain.scripthash.subscribe".into(),
+                    params: vec![sh.clone(), serde_json::Value::String(status)],
+                }
+                .to_json(),
+                answers: 0,
+            }
+        })
+        .collect()
 }
 
 /// The notifications due to this connection after a change.

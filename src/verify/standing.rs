@@ -29,6 +29,8 @@ pub enum Reason {
     Stalled,
     /// It never announced a status change the other upstreams' histories show.
     Silent,
+    /// It sent notifications faster than they could be taken (its connection was closed).
+    Flood,
     /// Header chain: a chain that does not start at the network's genesis.
     BadGenesis,
     /// Header chain: a header that does not link to its parent.
@@ -62,6 +64,7 @@ impl Reason {
         Reason::VoteMinority,
         Reason::Stalled,
         Reason::Silent,
+        Reason::Flood,
         Reason::BadGenesis,
         Reason::BadLink,
         Reason::BadTarget,
@@ -86,6 +89,7 @@ impl Reason {
             Reason::VoteMinority => "vote_minority",
             Reason::Stalled => "stalled",
             Reason::Silent => "silent",
+            Reason::Flood => "flood",
             Reason::BadGenesis => "bad_genesis",
             Reason::BadLink => "bad_link",
             Reason::BadTarget => "bad_target",
