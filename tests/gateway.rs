@@ -629,3 +629,27 @@ async fn session_limits_apply_without_losing_requests() {
     // A silent wallet is closed after the idle timeout.
     assert!(w.read_message().await.is_none());
 }
+
+#[tokio::test]
+async fn metrics_and_events_work_without_the_http_listener() {
+    // Net::start runs the gateway without an HTTP listener.
+    let net = Net::start(&THREE).await;
+    assert!(net.gw.http_addr().is_none());
+    let mut w = net.wallet().await;
+    w.call("server.ping", json!([])).await;
+    let a = &ADDRESSES[0];
+    w.call("blockchain.scripthash.get_balance", json!([a.scripthash]))
+        .await;
+    let text = net.gw.metrics_text();
+    assert!(
+        text.contains(r#"electrum_gateway_requests_total{method="server.ping",outcome="ok"} 1"#),
+        "{text}"
+    );
+    // Upstream latencies were recorded as the requests went out.
+    assert!(text.lines().any(|l| l
+        .starts_with("electrum_gateway_upstream_request_duration_seconds_count")
+        && !l.ends_with(" 0")));
+    assert_eq!(net.gw.snapshot().upstreams.len(), 3);
+    // The event log saw the upstreams come up.
+    assert!(net.gw.events().iter().filter(|e| e.kind == "up").count() >= 3);
+}

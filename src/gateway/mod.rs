@@ -127,6 +127,12 @@ impl Gateway {
         self.core.metrics.render(&self.core.snapshot())
     }
 
+    /// Recent events (connections up and lost, verification failures, demotions, ...), newest
+    /// first, as `/status` shows them.
+    pub fn events(&self) -> Vec<crate::metrics::Event> {
+        self.core.metrics.events()
+    }
+
     /// The verified best tip, as a watch that changes with every new tip.
     pub fn tip_watch(&self) -> watch::Receiver<Option<Tip>> {
         self.core.pool.tip_watch()
