@@ -56,12 +56,7 @@ async fn every_payment_is_notified(net: &Net, w: &mut common::Wallet) {
 async fn a_hidden_pending_payment_reaches_the_wallet() {
     // The attacker hides unconfirmed transactions from its histories and statuses,
     // consistently, so its own history always matches its status.
-    let net = Net::start(&[
-        "127.0.0.1:0,hide-mempool",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("hide-mempool").await;
     // Every address starts with a pending payment the attacker hides.
     for a in ADDRESSES.iter() {
         net.sim.pay(a.address, 30_000).unwrap();
@@ -76,12 +71,7 @@ async fn a_hidden_pending_payment_reaches_the_wallet() {
 
 #[tokio::test]
 async fn a_silent_watcher_cannot_hide_a_change() {
-    let net = Net::start(&[
-        "127.0.0.1:0,silent",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("silent").await;
     let mut w = subscribe_all(&net).await;
     every_payment_is_notified(&net, &mut w).await;
     assert!(
@@ -94,12 +84,7 @@ async fn a_silent_watcher_cannot_hide_a_change() {
 
 #[tokio::test]
 async fn a_stalled_subscribe_moves_to_another_upstream() {
-    let net = Net::start(&[
-        "127.0.0.1:0,stall-subscribe",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("stall-subscribe").await;
     let mut w = subscribe_all(&net).await;
     every_payment_is_notified(&net, &mut w).await;
     assert!(
@@ -112,12 +97,7 @@ async fn a_stalled_subscribe_moves_to_another_upstream() {
 async fn a_flooding_upstream_is_disconnected_and_penalised() {
     // The attacker follows every subscription with 5,000 made-up statuses, faster than they
     // can be vetted: the gateway queues at most a bounded number, then drops the connection.
-    let net = Net::start(&[
-        "127.0.0.1:0,flood=5000",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("flood=5000").await;
     let mut w = subscribe_all(&net).await;
     assert!(failures(&net, Reason::Flood) >= 1, "the flood was noticed");
     every_payment_is_notified(&net, &mut w).await;

@@ -79,12 +79,7 @@ async fn a_lone_upstream_in_step_gets_an_error_not_its_word() {
 
 #[tokio::test]
 async fn invented_mempool_payments_never_reach_a_wallet() {
-    let net = Net::start(&[
-        "127.0.0.1:0,fake-mempool",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("fake-mempool").await;
     let mut w = net.wallet().await;
     let mut honest = direct(&net, 1).await;
     for a in ADDRESSES.iter().take(4) {
@@ -102,12 +97,7 @@ async fn invented_mempool_payments_never_reach_a_wallet() {
 
 #[tokio::test]
 async fn heights_written_as_strings_are_malformed() {
-    let net = Net::start(&[
-        "127.0.0.1:0,string-heights",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("string-heights").await;
     let mut w = net.wallet().await;
     let mut honest = direct(&net, 1).await;
     let a = &ADDRESSES[0];
@@ -139,12 +129,7 @@ fn invalid_transaction(net: &Net) -> String {
 
 #[tokio::test]
 async fn one_upstream_accepting_a_broadcast_is_not_success() {
-    let net = Net::start(&[
-        "127.0.0.1:0,accept-all",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("accept-all").await;
     let mut w = net.wallet().await;
     let bad = invalid_transaction(&net);
     let mut honest = direct(&net, 1).await;
@@ -166,12 +151,7 @@ async fn one_upstream_accepting_a_broadcast_is_not_success() {
 
 #[tokio::test]
 async fn a_fee_liar_among_three_does_not_move_the_estimate() {
-    let net = Net::start(&[
-        "127.0.0.1:0,fee-factor=100",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("fee-factor=100").await;
     let mut w = net.wallet().await;
     let mut honest = direct(&net, 1).await;
     for target in [1, 2, 6, 25] {
@@ -201,12 +181,7 @@ async fn a_fee_liar_among_two_gives_no_estimate_rather_than_its_own() {
 
 #[tokio::test]
 async fn fee_answers_that_are_not_numbers_are_dropped_and_penalised() {
-    let net = Net::start(&[
-        "127.0.0.1:0,fee-garbage",
-        "127.0.0.1:0,latency=30",
-        "127.0.0.1:0,latency=30",
-    ])
-    .await;
+    let net = Net::with_attacker("fee-garbage").await;
     let mut w = net.wallet().await;
     let mut honest = direct(&net, 1).await;
     let got: Value = w.call("blockchain.estimatefee", json!([2])).await;

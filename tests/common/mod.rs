@@ -203,6 +203,18 @@ impl Net {
     }
 
     /// Same, with the configuration changed by `tweak` first.
+    /// Three simulated upstreams, the first carrying `faults` and the two honest ones slowed
+    /// by 30 ms, so that the attacker is the fastest and asked first.
+    pub async fn with_attacker(faults: &str) -> Net {
+        let attacker = format!("127.0.0.1:0,{faults}");
+        Net::start(&[
+            &attacker,
+            "127.0.0.1:0,latency=30",
+            "127.0.0.1:0,latency=30",
+        ])
+        .await
+    }
+
     pub async fn start_with(endpoints: &[&str], tweak: impl FnOnce(&mut Config)) -> Net {
         let sim = start_sim(endpoints).await;
         let urls = sim.urls().iter().map(|u| u.to_string()).collect();
