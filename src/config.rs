@@ -296,6 +296,61 @@ impl Config {
         if self.limits.max_pending_per_session == 0 || self.limits.max_line_bytes < 1024 {
             anyhow::bail!("limits: max_pending_per_session >= 1 and max_line_bytes >= 1024");
         }
+        if self.limits.max_sessions == 0 {
+            anyhow::bail!("limits.max_sessions must be at least 1");
+        }
+        let positive = [
+            (
+                "limits.request_timeout_secs",
+                self.limits.request_timeout_secs,
+            ),
+            (
+                "upstreams.request_timeout_secs",
+                self.upstreams.request_timeout_secs,
+            ),
+            (
+                "upstreams.connect_timeout_secs",
+                self.upstreams.connect_timeout_secs,
+            ),
+            (
+                "upstreams.reconnect_initial_secs",
+                self.upstreams.reconnect_initial_secs,
+            ),
+            (
+                "upstreams.reconnect_max_secs",
+                self.upstreams.reconnect_max_secs,
+            ),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                anyhow::bail!("{name} = {v}: must be a positive number of seconds");
+            }
+        }
+        if self.upstreams.reconnect_max_secs < self.upstreams.reconnect_initial_secs {
+            anyhow::bail!("upstreams.reconnect_max_secs must not be below reconnect_initial_secs");
+        }
+        if self.routing.hedge_min_ms > self.routing.hedge_max_ms {
+            anyhow::bail!(
+                "routing.hedge_min_ms ({}) must not exceed routing.hedge_max_ms ({})",
+                self.routing.hedge_min_ms,
+                self.routing.hedge_max_ms
+            );
+        }
+        if self.routing.quorum == 0 {
+            anyhow::bail!("routing.quorum must be at least 1");
+        }
+        for (name, v) in [
+            ("verify.penalty_secs", self.verify.penalty_secs),
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            (
+                "upstreams.ping_interval_secs",
+                self.upstreams.ping_interval_secs,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                anyhow::bail!("{name} = {v}: must be zero or a positive number of seconds");
+            }
+        }
         Ok(())
     }
 
@@ -359,6 +414,21 @@ mod tests {
         assert!(Config::from_toml("[routing.policy]\n\"no.such\" = \"fastest\"").is_err());
         assert!(Config::from_toml("[routing.policy]\n\"server.ping\" = \"sideways\"").is_err());
         assert!(Config::from_toml("unknown_key = 1").is_err());
+        // Values that cannot work are refused at start, with the key named.
+        for bad in [
+            "[routing]\nhedge_min_ms = 500\nhedge_max_ms = 100",
+            "[routing]\nquorum = 0",
+            "[limits]\nrequest_timeout_secs = 0",
+            "[limits]\nmax_sessions = 0",
+            "[upstreams]\nreconnect_initial_secs = 0",
+            "[upstreams]\nrequest_timeout_secs = -1",
+            "[upstreams]\nreconnect_initial_secs = 10\nreconnect_max_secs = 1",
+            "[verify]\npenalty_secs = nan",
+        ] {
+            let e = Config::from_toml(bad).expect_err(bad).to_string();
+            let key = bad.lines().last().unwrap().split(' ').next().unwrap();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]
