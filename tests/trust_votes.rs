@@ -89,10 +89,9 @@ async fn invented_mempool_payments_never_reach_a_wallet() {
             assert_eq!(got, truth, "{method} of {}", a.address);
         }
     }
-    assert!(
-        failures(&net, Reason::VoteMinority) >= 1,
-        "the inventor was outvoted"
-    );
+    // Outvoted on unconfirmed entries alone it is not penalised: an honest server that saw a
+    // transaction first is in the same minority for a moment. Its entries never reach a wallet.
+    assert_eq!(failures(&net, Reason::VoteMinority), 0);
 }
 
 #[tokio::test]
@@ -164,6 +163,7 @@ async fn a_fee_liar_among_three_does_not_move_the_estimate() {
 #[tokio::test]
 async fn a_fee_liar_among_two_gives_no_estimate_rather_than_its_own() {
     let net = Net::start(&["127.0.0.1:0,fee-factor=100", "127.0.0.1:0,latency=30"]).await;
+    net.wait_in_step(2).await;
     let mut w = net.wallet().await;
     let mut honest = direct(&net, 1).await;
     let truth = honest

@@ -331,7 +331,7 @@ impl Hub {
                 break;
             }
             ever |= filled;
-            self.reconcile(&entry, &watchers, &mut disagree_since);
+            self.reconcile(&entry, &mut watchers, &mut disagree_since);
             let arbitrate_at = disagree_since.map(|t| t + ARBITRATE_AFTER);
             // Too few watchers: look again soon even if no pool event says so.
             let refill_at =
@@ -342,6 +342,7 @@ impl Hub {
                         let w = &mut watchers[i];
                         if self.vet(&w.up, &w.client, &entry.scripthash, &status).await {
                             w.status = Some(status);
+                            w.arbitrated = false;
                         } else {
                             self.drop_watcher(&mut watchers, i, &mut shunned);
                         }
@@ -409,6 +410,8 @@ impl Hub {
             client,
             stream,
             status: Some(initial),
+            mempool_behind: false,
+            arbitrated: false,
         })
     }
 
@@ -426,7 +429,12 @@ impl Hub {
 
     /// Applies the status every watcher announces, if they agree and there are enough of them;
     /// notes when a disagreement began.
-    fn reconcile(&self, entry: &Entry, watchers: &[Watcher], disagree_since: &mut Option<Instant>) {
+    fn reconcile(
+        &self,
+        entry: &Entry,
+        watchers: &mut [Watcher],
+        disagree_since: &mut Option<Instant>,
+    ) {
         let statuses: Vec<&Value> = watchers.iter().filter_map(|w| w.status.as_ref()).collect();
         let Some(first) = statuses.first() else {
             *disagree_since = None;
@@ -435,7 +443,12 @@ impl Hub {
         if statuses.iter().all(|s| s == first) {
             *disagree_since = None;
             if statuses.len() >= self.watchers_wanted() {
-                self.apply(entry, (*first).clone());
+                let status = (*first).clone();
+                // A watcher that announced the agreed status itself is not behind any more.
+                for w in watchers.iter_mut().filter(|w| !w.arbitrated) {
+                    w.mempool_behind = false;
+                }
+                self.apply(entry, status);
             }
         } else if disagree_since.is_none() {
             *disagree_since = Some(Instant::now());
@@ -477,10 +490,13 @@ impl Hub {
             .collect::<Vec<_>>()
             .await;
         let mut by_status: Vec<(Value, Vec<usize>)> = Vec::new();
+        // Each upstream's confirmed history, to tell a lie from a mempool that is behind.
+        let mut confirmed: HashMap<usize, Vec<crate::chain::HistoryEntry>> = HashMap::new();
         for (up, res) in asked {
             let Some(history) = res.ok().and_then(|raw| parse_history(raw.get()).ok()) else {
                 continue;
             };
+            confirmed.insert(up.id, crate::chain::confirmed_part(&history, u32::MAX));
             let status = status_hash(&history).map_or(Value::Null, Value::String);
             match by_status.iter_mut().find(|(s, _)| *s == status) {
                 Some((_, ids)) => ids.push(up.id),
@@ -489,8 +505,9 @@ impl Hub {
         }
         let total: usize = by_status.iter().map(|(_, ids)| ids.len()).sum();
         let Some((winner, agreeing)) = by_status
-            .into_iter()
+            .iter()
             .find(|(_, ids)| ids.len() >= 2 && ids.len() * 2 > total)
+            .cloned()
         else {
             tracing::warn!("upstreams disagree on a status and no two agree; asking again");
             return;
@@ -502,18 +519,42 @@ impl Hub {
                 i += 1;
                 continue;
             }
-            // Wrong (its history is not the majority's) or silent (its history is, but it never
-            // announced the change).
+            // Silent (its history is the majority's, but it never announced the change), wrong
+            // (its history's confirmed part is not the majority's), or only behind on the
+            // mempool (honest servers see a transaction at different moments: not held against
+            // it, and it keeps watching).
             let reason = if agreeing.contains(&w.up.id) {
-                Reason::Silent
+                Some(Reason::Silent)
+            } else if confirmed
+                .get(&w.up.id)
+                .is_some_and(|c| Some(c) != confirmed.get(&agreeing[0]))
+            {
+                Some(Reason::HistoryMismatch)
             } else {
-                Reason::HistoryMismatch
+                None
             };
-            self.pool.penalize(&w.up, reason);
-            self.drop_watcher(watchers, i, shunned);
+            // Behind on the mempool twice in a row without catching up in between is no
+            // longer lag: it hides what it has been shown.
+            let reason = match reason {
+                None if watchers[i].mempool_behind => Some(Reason::HistoryMismatch),
+                other => other,
+            };
+            match reason {
+                Some(reason) => {
+                    self.pool.penalize(&watchers[i].up, reason);
+                    self.drop_watcher(watchers, i, shunned);
+                }
+                None => {
+                    watchers[i].mempool_behind = true;
+                    i += 1;
+                }
+            }
         }
         for w in watchers.iter_mut() {
-            w.status = Some(winner.clone());
+            if w.status.as_ref() != Some(&winner) {
+                w.status = Some(winner.clone());
+                w.arbitrated = true;
+            }
         }
         self.apply(entry, winner);
     }
@@ -578,6 +619,11 @@ struct Watcher {
     stream: Subscription,
     /// The last status it announced that passed vetting.
     status: Option<Value>,
+    /// It lost the last arbitration on its mempool alone and has not announced the agreed
+    /// status since.
+    mempool_behind: bool,
+    /// `status` was set by an arbitration, not announced by this upstream.
+    arbitrated: bool,
 }
 
 /// The next status any watcher announces, with the watcher's index (`None`: its subscription

@@ -81,7 +81,7 @@ struct NoMajority(RpcError);
 
 /// How long a vote without a winner is taken again, as upstreams reach the same state, before
 /// the wallet gets an error.
-pub const VOTE_PATIENCE: Duration = Duration::from_secs(2);
+pub const VOTE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// True for a ballot at the chain state a vote was decided at (any, when it was decided
 /// across states).
@@ -353,16 +353,21 @@ impl Router {
         let whole = ballots(&|raw| vote_key(call, raw));
         let outcome = tally(&whole);
         if let Some(winner) = outcome.winner {
-            for (up, _, _) in &answers {
-                if outcome.outvoted.contains(&up.id) {
-                    self.pool.penalize(up, Reason::VoteMinority);
-                }
-            }
             let chosen = answers
                 .iter()
                 .zip(&whole)
                 .find(|(_, b)| b.key == winner && decided_at(outcome.height, b.height))
                 .map(|((_, raw, _), _)| raw.clone());
+            // Outvoted upstreams are penalised only when their confirmed part differs: honest
+            // mempools differ for a while after a transaction (one server saw it first).
+            let winning_confirmed = chosen.as_ref().map(|raw| confirmed_key(call, raw));
+            for (up, raw, _) in &answers {
+                if outcome.outvoted.contains(&up.id)
+                    && winning_confirmed.as_deref() != Some(confirmed_key(call, raw).as_str())
+                {
+                    self.pool.penalize(up, Reason::VoteMinority);
+                }
+            }
             return Ok(chosen.ok_or_else(|| unavailable("every upstream failed")));
         }
         if last {

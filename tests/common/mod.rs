@@ -207,12 +207,29 @@ impl Net {
     /// by 30 ms, so that the attacker is the fastest and asked first.
     pub async fn with_attacker(faults: &str) -> Net {
         let attacker = format!("127.0.0.1:0,{faults}");
-        Net::start(&[
+        let net = Net::start(&[
             &attacker,
             "127.0.0.1:0,latency=30",
             "127.0.0.1:0,latency=30",
         ])
-        .await
+        .await;
+        net.wait_in_step(3).await;
+        net
+    }
+
+    /// Waits until `n` upstreams are in step with the verified tip.
+    pub async fn wait_in_step(&self, n: usize) {
+        let gw = &self.gw;
+        until("upstreams in step", || async move {
+            let in_step = gw
+                .snapshot()
+                .upstreams
+                .iter()
+                .filter(|u| u.standing.in_step())
+                .count();
+            (in_step >= n).then_some(())
+        })
+        .await;
     }
 
     pub async fn start_with(endpoints: &[&str], tweak: impl FnOnce(&mut Config)) -> Net {
