@@ -40,7 +40,8 @@ pub struct VerifyConfig {
     /// read that depends on the tip until it catches up.
     pub max_lag: u32,
     /// First sit-out period, seconds, of an upstream caught giving a false answer; it doubles
-    /// with every further offence (at most an hour).
+    /// with every further offence (at most an hour). One offence is forgiven for every hour
+    /// without one after the sit-out ends.
     pub penalty_secs: f64,
     /// Check every scripthash status an upstream announces: against the history it returns,
     /// and its confirmed part against another upstream's.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{Stats, Upstream, NO_P90};
+use super::upstream::Upstream;
 use crate::client::{
     Client, ClientConfig, ClientError, ClientEvent, ConnectionState, ProxyConfig, TlsMode,
 };
@@ -309,7 +309,8 @@ impl Pool {
     }
 
     /// Records a false answer from `up`: counted by reason, and it sits out for a period that
-    /// doubles with every offence; the hub moves its subscriptions.
+    /// doubles with every offence not yet forgiven (see [`crate::verify::standing`]); the hub
+    /// moves its subscriptions.
     pub fn penalize(&self, up: &Upstream, reason: Reason) {
         if let Ok(mut m) = self.failures.lock() {
             *m.entry(reason).or_default() += 1;
@@ -509,7 +510,8 @@ impl Pool {
     }
 
     /// Swaps a persistently failing upstream for the next candidate; the old server goes to
-    /// the back of the candidate list.
+    /// the back of the candidate list. The slot starts over: strikes, demotions and
+    /// measurements stay with the server that earned them.
     fn replace(&self, up: &Upstream) -> bool {
         let Ok(mut c) = self.candidates.lock() else {
             return false;
@@ -527,11 +529,10 @@ impl Pool {
         if let Ok(mut u) = up.url.write() {
             *u = next;
         }
-        if let Ok(mut s) = up.stats.lock() {
-            *s = Stats::default();
-        }
-        up.p90_us.store(NO_P90, Ordering::Relaxed);
+        // Strikes, demotions and measurements belong to the server that earned them.
+        up.reset_for_new_server();
         c.push_back(old);
+        let _ = self.events.send(PoolEvent::Standing);
         true
     }
 
@@ -786,3 +787,6 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
