@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::Reason;
-use crate::chain::{Accepted, ChainParams, HeaderChain, RejectReason};
+use crate::chain::{parse_headers_hex, Accepted, ChainParams, HeaderChain, RejectReason};
 use crate::protocol::tip::header_from_hex;
 use crate::protocol::Tip;
 
@@ -279,9 +279,13 @@ impl ChainTracker {
             if hex.is_empty() {
                 return Placement::Failed;
             }
+            // Decoded before the chain is locked: only the checks run under the lock.
+            let Some(headers) = parse_headers_hex(&hex) else {
+                return Placement::Bad(Reason::BadEncoding);
+            };
             let res = {
                 let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-                chain.accept_hex(start, &hex)
+                chain.accept(start, &headers)
             };
             match self.after_accept(res) {
                 Placement::Unlinked => {
