@@ -40,7 +40,8 @@ pub struct VerifyConfig {
     /// read that depends on the tip until it catches up.
     pub max_lag: u32,
     /// First sit-out period, seconds, of an upstream caught giving a false answer; it doubles
-    /// with every further offence (at most an hour).
+    /// with every further offence (at most an hour). One offence is forgiven for every hour
+    /// without one after the sit-out ends.
     pub penalty_secs: f64,
     /// Check every scripthash status an upstream announces: against the history it returns,
     /// and its confirmed part against another upstream's.
@@ -116,6 +117,10 @@ pub struct UpstreamConfig {
     /// Consecutive failed connection attempts after which an upstream is replaced by a
     /// candidate (when one is available).
     pub replace_after_failures: u32,
+    /// Let a candidate from the server list or from peers take a slot while another active
+    /// upstream is in its network (IPv4 /16, IPv6 /32). Servers the operator names are never
+    /// held back by this rule.
+    pub allow_same_subnet: bool,
 }
 
 /// Per-session limits.
@@ -196,6 +201,7 @@ impl Default for UpstreamConfig {
             reconnect_initial_secs: 1.0,
             reconnect_max_secs: 60.0,
             replace_after_failures: 5,
+            allow_same_subnet: false,
         }
     }
 }
@@ -402,6 +408,10 @@ mod tests {
         assert_eq!(cfg.listen.tls, d.listen.tls);
         assert_eq!(cfg.listen.http, d.listen.http);
         assert_eq!(cfg.upstreams.active, d.upstreams.active);
+        assert_eq!(
+            cfg.upstreams.allow_same_subnet,
+            d.upstreams.allow_same_subnet
+        );
         assert_eq!(cfg.limits.max_line_bytes, d.limits.max_line_bytes);
     }
 

@@ -16,7 +16,13 @@
 //!
 //! Memory: headers are kept in memory (80 bytes each, about 70 MB for mainnet). Block hashes are
 //! not stored: the hash of block `h` is the `prev_blockhash` of block `h + 1`, so only the tip's
-//! hash is kept, and the hash index maps a 64-bit prefix to a height.
+//! hash is kept, and the hash index maps a 64-bit prefix to a height. The cumulative work is kept
+//! at every 2016th height (`work.rs`, about 14 KB for mainnet).
+//!
+//! A chunk is refused cheaply first: its first header must meet its own bits (one hash), those
+//! bits must not be above the network's proof-of-work limit, and its parent must be within the
+//! reorg window. Only then is its place found and work computed, so a header that costs an
+//! upstream nothing to make costs the gateway next to nothing to refuse.
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +40,7 @@ use super::difficulty::{required_bits, DifficultyContext};
 use super::merkle;
 use super::params::ChainParams;
 use super::store::{HeaderStore, StoreError};
+use super::work::{work_of, zero_work, WorkMarks};
 
 /// How far below the tip a competing branch may fork off by default (one difficulty period).
 pub const DEFAULT_REORG_WINDOW: u32 = 2016;
@@ -278,20 +285,6 @@ struct ProofCache {
     roots: Vec<sha256d::Hash>,
 }
 
-/// Work of one block with the given bits; the few distinct bits values are cached.
-fn work_of(cache: &mut HashMap<CompactTarget, Work>, bits: CompactTarget) -> Work {
-    if cache.len() > 4096 {
-        cache.clear();
-    }
-    *cache
-        .entry(bits)
-        .or_insert_with(|| Target::from_compact(bits).to_work())
-}
-
-fn zero_work() -> Work {
-    Work::from_be_bytes([0; 32])
-}
-
 /// Decode the concatenated hex of whole 80-byte headers (`blockchain.block.headers` "hex").
 pub fn parse_headers_hex(hex: &str) -> Option<Vec<Header>> {
     let bytes = Vec::<u8>::from_hex(hex.trim()).ok()?;
@@ -311,6 +304,8 @@ pub struct HeaderChain {
     tip_hash: BlockHash,
     index: HashIndex,
     total_work: Work,
+    /// Cumulative work at every 2016th height of the best chain.
+    work_marks: WorkMarks,
     side: HashMap<BlockHash, SideHeader>,
     reorg_window: u32,
     works: HashMap<CompactTarget, Work>,
@@ -349,6 +344,7 @@ impl HeaderChain {
             tip_hash,
             index: HashIndex::default(),
             total_work,
+            work_marks: WorkMarks::default(),
             side: HashMap::new(),
             reorg_window: DEFAULT_REORG_WINDOW,
             works,
@@ -431,6 +427,7 @@ impl HeaderChain {
                 .insert(hash, height as u32, &self.headers, &self.tip_hash);
         }
         self.total_work = total;
+        self.work_marks.sync(&self.headers, 0, &mut self.works);
         keep as u32
     }
 
@@ -583,6 +580,18 @@ impl HeaderChain {
                 reason: RejectReason::BadGenesis,
             });
         }
+        // Cheap refusals first: one hash, and no walk over the chain.
+        check_own_work(&self.params, &new[0]).map_err(|reason| Rejected {
+            height: first,
+            reason,
+        })?;
+        if (first - 1).saturating_add(self.reorg_window) < tip {
+            // Wherever it attaches, it forks off at or below its parent.
+            return Err(Rejected {
+                height: first,
+                reason: RejectReason::TooOld,
+            });
+        }
         let base = self
             .locate_parent(first - 1, &new[0].prev_blockhash)
             .ok_or(Rejected {
@@ -646,13 +655,21 @@ impl HeaderChain {
         }
     }
 
-    /// Cumulative work of the best chain up to and including `height`.
+    /// Cumulative work of the best chain up to and including `height`: at most 2016 headers
+    /// are summed, never a walk from the tip.
     fn work_at(&self, height: u32) -> Work {
-        let mut work = self.total_work;
-        for header in &self.headers[height as usize + 1..] {
-            work = work - Target::from_compact(header.bits).to_work();
-        }
-        work
+        self.work_marks.at(&self.headers, self.total_work, height)
+    }
+
+    /// Cumulative work of the best chain up to and including `height`.
+    #[cfg(test)]
+    pub(crate) fn work_up_to(&self, height: u32) -> Work {
+        self.work_at(height)
+    }
+
+    /// Bytes held by the index of cumulative work (for measurements).
+    pub fn work_index_bytes(&self) -> usize {
+        self.work_marks.bytes()
     }
 
     /// The validation state just after the chunk's parent.
@@ -718,6 +735,7 @@ impl HeaderChain {
                     .insert(*hash, first + k as u32, &self.headers, &self.tip_hash);
             }
             self.total_work = new_work;
+            self.work_marks.sync(&self.headers, first, &mut self.works);
             self.prune_side();
             self.persist(first);
             return Accepted::Extended {
@@ -780,6 +798,8 @@ impl HeaderChain {
                 .insert(*hash, fork + 1 + k as u32, &self.headers, &self.tip_hash);
         }
         self.total_work = new_work;
+        self.work_marks
+            .sync(&self.headers, fork + 1, &mut self.works);
         {
             let mut proofs = self.proofs.lock().unwrap_or_else(PoisonError::into_inner);
             let keep = ((fork as usize + 1) >> proofs.depth).min(proofs.roots.len());
@@ -907,6 +927,20 @@ impl HeaderChain {
         proofs.depth = depth;
         proofs.roots.clear();
     }
+}
+
+/// Checks what a header proves on its own, before anything about its place is known: its bits
+/// are not above `params`' proof-of-work limit (`BadTarget`) and its hash meets them
+/// (`BadPow`). One double-SHA256.
+pub fn check_own_work(params: &ChainParams, header: &Header) -> Result<(), RejectReason> {
+    let target = Target::from_compact(header.bits);
+    if target > Target::from_compact(params.pow_limit_bits()) {
+        return Err(RejectReason::BadTarget);
+    }
+    header
+        .validate_pow(target)
+        .map(|_| ())
+        .map_err(|_| RejectReason::BadPow)
 }
 
 /// Check `new` (the first at height `first`) against the state after its parent. Returns each

@@ -11,6 +11,7 @@
 //!
 //! - [`headers`]: [`HeaderChain`], the best chain, forks and header proofs;
 //! - [`store`]: the on-disk copy of the best chain;
+//! - `work`: cumulative proof of work, indexed every 2016 heights;
 //! - [`difficulty`]: which bits the next header must carry;
 //! - [`params`] and [`mod@checkpoints`]: what differs between networks;
 //! - [`merkle`]: Electrum-style merkle branches;
@@ -23,11 +24,12 @@ pub mod merkle;
 pub mod params;
 pub mod store;
 pub mod verify;
+mod work;
 
 pub use checkpoints::{checkpoints, Checkpoint};
 pub use headers::{
-    parse_headers_hex, Accepted, HeaderChain, HeaderProof, ProofError, RejectReason, Rejected, Tip,
-    DEFAULT_REORG_WINDOW,
+    check_own_work, parse_headers_hex, Accepted, HeaderChain, HeaderProof, ProofError,
+    RejectReason, Rejected, Tip, DEFAULT_REORG_WINDOW,
 };
 pub use params::ChainParams;
 pub use store::{HeaderStore, StoreError};

@@ -641,6 +641,90 @@ fn forks_below_the_reorg_window_are_too_old() {
     );
 }
 
+#[test]
+fn deep_forks_are_refused_by_their_own_header_before_their_place_is_looked_up() {
+    let params = regtest();
+    let mut chain = HeaderChain::with_params(params.clone());
+    chain.set_reorg_window(3);
+    let mut ga = Growth::genesis(&params);
+    let a = ga.many(&params, 10, 600, 1);
+    chain.accept(1, &a).unwrap();
+    let before = (chain.tip(), chain.cumulative_work(), chain.verified_count());
+
+    // A valid header on block 5: its parent is on the best chain but below the window.
+    let deep = Growth::after(&params, &a[..5]).next(&params, 601, 2);
+    assert_eq!(chain.accept(6, &[deep]), reject(6, RejectReason::TooOld));
+    // One whose parent is nowhere: too old all the same, from its claimed height alone.
+    let nowhere = mine(Header {
+        prev_blockhash: BlockHash::from_byte_array([7; 32]),
+        ..deep
+    });
+    assert_eq!(chain.accept(6, &[nowhere]), reject(6, RejectReason::TooOld));
+    // Its own work comes first: without it, or above the network's limit, nothing else is
+    // looked at.
+    assert_eq!(
+        chain.accept(6, &[unmine(deep)]),
+        reject(6, RejectReason::BadPow)
+    );
+    let above_limit = mine(Header {
+        bits: CompactTarget::from_consensus(0x2100ffff),
+        ..deep
+    });
+    assert_eq!(
+        chain.accept(6, &[above_limit]),
+        reject(6, RejectReason::BadTarget)
+    );
+    assert_eq!(
+        chain.accept(11, &[unmine(ga.header(600, 1, deep.bits))]),
+        reject(11, RejectReason::BadPow)
+    );
+    assert_eq!(
+        (chain.tip(), chain.cumulative_work(), chain.verified_count()),
+        before
+    );
+    assert_eq!(chain.side_headers(), 0);
+}
+
+#[test]
+fn cumulative_work_marks_follow_extensions_and_reorganisations() {
+    let params = regtest();
+    let mut chain = HeaderChain::with_params(params.clone());
+    let mut g = Growth::genesis(&params);
+    let a = g.many(&params, 2 * 2016 + 100, 600, 1);
+    let mut start = 1;
+    for chunk in a.chunks(1000) {
+        chain.accept(start, chunk).unwrap();
+        start += chunk.len() as u32;
+    }
+    let direct = |h: u32| work_times(0x207fffff, u64::from(h) + 1);
+    for h in [
+        0, 1, 1000, 2014, 2015, 2016, 2017, 3000, 4031, 4032, 4033, 4100, 4132,
+    ] {
+        assert_eq!(chain.work_up_to(h), direct(h), "height {h}");
+    }
+    assert_eq!(chain.work_up_to(chain.height()), chain.cumulative_work());
+    // A heavier branch forking off below the last mark replaces the marks above the fork.
+    chain.set_reorg_window(4000);
+    let mut gb = Growth::after(&params, &a[..4020]);
+    let b = gb.many(&params, 200, 601, 2);
+    assert_eq!(
+        chain.accept(4021, &b),
+        Ok(Accepted::Reorganized {
+            fork: 4020,
+            disconnected: 112,
+            tip: 4220
+        })
+    );
+    for h in [2016, 4020, 4031, 4032, 4033, 4220] {
+        assert_eq!(
+            chain.work_up_to(h),
+            direct(h),
+            "height {h} after the reorganisation"
+        );
+    }
+    assert_eq!(chain.cumulative_work(), direct(4220));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Header proofs
 
@@ -907,4 +991,62 @@ fn verification_speed() {
     let again = chain.header_proof(30000, 40000).unwrap();
     println!("next header proof: {:?}", started.elapsed());
     assert_eq!(proof.root, again.root);
+}
+
+/// What refusing a deep-fork header costs on a long chain (`MEASURE_HEADERS`, default 900,000,
+/// about mainnet's height); run with
+/// `cargo test --release --lib chain::tests::deep_fork_refusal_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn deep_fork_refusal_cost() {
+    let n: usize = std::env::var("MEASURE_HEADERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(900_000);
+    let params = regtest();
+    let mut g = Growth::genesis(&params);
+    let mut chain = HeaderChain::with_params(params.clone());
+    let mut all = Vec::with_capacity(n);
+    while all.len() < n {
+        let chunk = g.many(&params, 2016.min(n - all.len()), 600, 1);
+        chain.accept(1 + all.len() as u32, &chunk).unwrap();
+        all.extend(chunk);
+    }
+    println!("chain of {} headers", chain.height());
+    for parent in [1, n / 2, n - 2100] {
+        let fork = Growth::after(&params, &all[..parent]).next(&params, 601, 9);
+        let height = parent as u32 + 1;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let refused = chain.accept(height, &[fork]);
+            times.push(started.elapsed());
+            assert_eq!(refused, reject(height, RejectReason::TooOld));
+        }
+        times.sort();
+        println!("refusing a fork off height {parent}: median {:?}", times[2]);
+    }
+    // A fork inside the window: placed as a side branch, its work computed from the marks.
+    let parent = n - 2000;
+    let fork = Growth::after(&params, &all[..parent]).next(&params, 601, 9);
+    let started = std::time::Instant::now();
+    let placed = chain.accept(parent as u32 + 1, &[fork]);
+    println!(
+        "placing a fork off height {parent} (inside the window): {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(placed, Ok(Accepted::SideBranch { .. })),
+        "{placed:?}"
+    );
+    let mut times = Vec::new();
+    for k in 0..5 {
+        let next = g.next(&params, 600, 1);
+        let started = std::time::Instant::now();
+        chain.accept((n + 1 + k) as u32, &[next]).unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!("extending the tip by one header: median {:?}", times[2]);
+    println!("work index: {} bytes", chain.work_index_bytes());
 }

@@ -18,6 +18,7 @@
 //! Verification itself lives in [`crate::verify`]; metrics in [`crate::metrics`].
 
 pub(crate) mod cache;
+pub(crate) mod candidates;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod local;

@@ -10,10 +10,10 @@
 
 use futures::StreamExt;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,14 +21,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{Stats, Upstream, NO_P90};
+use super::candidates::{self, ip_of, Candidates, Learned, Origin, Refused, Source, Subnet};
+use super::upstream::Upstream;
 use crate::client::{
     Client, ClientConfig, ClientError, ClientEvent, ConnectionState, ProxyConfig, TlsMode,
 };
 use crate::config::{secs, Config};
 use crate::metrics::Metrics;
 use crate::protocol::Tip;
-use crate::transport::ServerUrl;
+use crate::servers::ServerInfo;
+use crate::transport::{Scheme, ServerUrl};
 use crate::verify::{ChainTracker, Demotion, Placement, Reason, Verdict};
 
 /// What the pool tells the rest of the gateway.
@@ -47,25 +49,12 @@ pub enum PoolEvent {
 /// An upstream candidate for a read: upstream, connection, (out of step, lag), score.
 type Ranked = (Arc<Upstream>, Client, (bool, u32), f64);
 
-/// What the pool learned about a server, saved in the data directory.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Learned {
-    /// Last successful connection, seconds since the epoch.
-    pub last_success: Option<u64>,
-    /// Last score (lower is better).
-    pub score: Option<f64>,
-    /// Failed connection attempts in a row when last seen.
-    pub failures: u32,
-    /// Server software.
-    pub software: String,
-}
-
 /// The upstream pool.
 pub struct Pool {
     cfg: Arc<Config>,
     network: bitcoin::Network,
     upstreams: Vec<Arc<Upstream>>,
-    candidates: Mutex<VecDeque<ServerUrl>>,
+    candidates: Mutex<Candidates>,
     tracker: Arc<ChainTracker>,
     metrics: Arc<Metrics>,
     events: broadcast::Sender<PoolEvent>,
@@ -79,6 +68,19 @@ pub struct Pool {
     shutdown: CancellationToken,
 }
 
+/// Whether a candidate may take a slot: an operator's always (and any when
+/// `allow_same_subnet`), another only if no other upstream is in its network.
+fn diverse(allow_same: bool, taken: &[Subnet], src: &Source, net: Option<Subnet>) -> bool {
+    allow_same || src.origin == Origin::Configured || net.map_or(true, |n| !taken.contains(&n))
+}
+
+/// Whether a peer may become a candidate: outside regtest, not an address of this machine or
+/// its private network (by its IP literal or the address its peer entry gave).
+fn peer_allowed(network: bitcoin::Network, url: &ServerUrl, ip: Option<IpAddr>) -> bool {
+    network == bitcoin::Network::Regtest
+        || (!url.host.eq_ignore_ascii_case("localhost") && ip.map_or(true, candidates::is_public))
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -86,12 +88,13 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl Pool {
-    /// Builds the pool from configured servers first, then candidates; nothing is dialed
-    /// until [`Pool::start`].
+    /// Builds the pool from configured servers first, then candidates: those of the server
+    /// list (`list`), then peer-learned ones remembered from earlier runs (see
+    /// [`super::candidates`]); nothing is dialed until [`Pool::start`].
     pub fn new(
         cfg: Arc<Config>,
         mut servers: Vec<ServerUrl>,
-        candidates: Vec<ServerUrl>,
+        list: Vec<ServerUrl>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Pool>> {
@@ -104,23 +107,51 @@ impl Pool {
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let mut candidates: Vec<ServerUrl> = candidates
-            .into_iter()
-            .filter(|c| !servers.contains(c))
-            .collect();
-        // Candidates that worked before go first, best score first.
-        candidates.sort_by(|a, b| {
-            let score = |u: &ServerUrl| {
-                learned
-                    .get(&u.to_string())
-                    .and_then(|l| l.last_success.map(|_| l.score.unwrap_or(1e6)))
-                    .unwrap_or(f64::INFINITY)
-            };
-            score(a).total_cmp(&score(b))
-        });
-        let mut candidates: VecDeque<ServerUrl> = candidates.into();
+        // Within a tier, servers that worked before go first, best score first.
+        let score = |u: &str| {
+            learned
+                .get(u)
+                .and_then(|l| l.last_success.map(|_| l.score.unwrap_or(1e6)))
+                .unwrap_or(f64::INFINITY)
+        };
+        let mut candidates = Candidates::default();
+        let mut list: Vec<ServerUrl> = list.into_iter().filter(|c| !servers.contains(c)).collect();
+        list.sort_by(|a, b| score(&a.to_string()).total_cmp(&score(&b.to_string())));
+        for url in list {
+            candidates.enqueue(url, Source::listed());
+        }
+        if cfg.upstreams.use_server_list {
+            let now = unix(SystemTime::now());
+            let mut peers: Vec<(&String, &Learned)> =
+                learned.iter().filter(|(_, l)| l.recent_peer(now)).collect();
+            peers.sort_by(|a, b| {
+                score(a.0)
+                    .total_cmp(&score(b.0))
+                    .then(b.1.last_heard().cmp(&a.1.last_heard()))
+            });
+            for (url, l) in peers {
+                let Ok(url) = url.parse::<ServerUrl>() else {
+                    continue;
+                };
+                let ip = l.ip.as_deref().and_then(|ip| ip.parse().ok());
+                if servers.contains(&url) || !peer_allowed(network, &url, ip) {
+                    continue;
+                }
+                let announcer = l.announced_by.as_deref().unwrap_or("");
+                let _ = candidates.add_peer(url, announcer, ip, l.last_heard());
+            }
+        }
+        for url in &servers {
+            candidates.know(url.clone(), Source::configured());
+        }
+        // Fill the active set from the candidates, one per network besides configured ones.
+        let allow_same = cfg.upstreams.allow_same_subnet;
         while servers.len() < cfg.upstreams.active {
-            match candidates.pop_front() {
+            let taken: Vec<Subnet> = servers
+                .iter()
+                .filter_map(|u| candidates.subnet_of(u))
+                .collect();
+            match candidates.take(|src, net| diverse(allow_same, &taken, src, net)) {
                 Some(c) => servers.push(c),
                 None => break,
             }
@@ -129,12 +160,8 @@ impl Pool {
             anyhow::bail!("no upstream servers configured and no server list to pick from");
         }
         // Servers beyond the active count wait as the first candidates.
-        for extra in servers
-            .split_off(cfg.upstreams.active.min(servers.len()))
-            .into_iter()
-            .rev()
-        {
-            candidates.push_front(extra);
+        for extra in servers.split_off(cfg.upstreams.active.min(servers.len())) {
+            candidates.enqueue(extra, Source::configured());
         }
         let conns = cfg.upstreams.connections_per_upstream;
         let upstreams = servers
@@ -309,7 +336,8 @@ impl Pool {
     }
 
     /// Records a false answer from `up`: counted by reason, and it sits out for a period that
-    /// doubles with every offence; the hub moves its subscriptions.
+    /// doubles with every offence not yet forgiven (see [`crate::verify::standing`]); the hub
+    /// moves its subscriptions.
     pub fn penalize(&self, up: &Upstream, reason: Reason) {
         if let Ok(mut m) = self.failures.lock() {
             *m.entry(reason).or_default() += 1;
@@ -323,7 +351,8 @@ impl Pool {
         let _ = self.events.send(PoolEvent::Standing);
     }
 
-    /// Adds a server as a candidate (from an operator or from peers).
+    /// Adds a server an operator named as a candidate: it waits with the configured ones,
+    /// ahead of listed and peer-learned servers. False if it is an upstream or waits already.
     pub fn add_candidate(&self, url: ServerUrl) -> bool {
         if self.upstreams.iter().any(|u| u.url() == url) {
             return false;
@@ -331,19 +360,12 @@ impl Pool {
         let Ok(mut c) = self.candidates.lock() else {
             return false;
         };
-        if c.contains(&url) {
-            return false;
-        }
-        c.push_back(url);
-        true
+        c.enqueue(url, Source::configured())
     }
 
-    /// Candidates waiting to replace a failing upstream.
+    /// Candidates waiting to replace a failing upstream, in the order they would.
     pub fn candidates(&self) -> Vec<ServerUrl> {
-        self.candidates
-            .lock()
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default()
+        self.candidates.lock().map(|c| c.urls()).unwrap_or_default()
     }
 
     fn client_config(&self, url: ServerUrl) -> ClientConfig {
@@ -509,16 +531,26 @@ impl Pool {
     }
 
     /// Swaps a persistently failing upstream for the next candidate; the old server goes to
-    /// the back of the candidate list.
+    /// the back of the candidate list. The slot starts over: strikes, demotions and
+    /// measurements stay with the server that earned them.
     fn replace(&self, up: &Upstream) -> bool {
         let Ok(mut c) = self.candidates.lock() else {
             return false;
         };
-        let Some(next) = c.pop_front() else {
+        // No two upstreams in one network, unless the operator named them.
+        let taken: Vec<Subnet> = self
+            .upstreams
+            .iter()
+            .filter(|u| u.id != up.id)
+            .filter_map(|u| c.subnet_of(&u.url()))
+            .collect();
+        let allow_same = self.cfg.upstreams.allow_same_subnet;
+        let Some(next) = c.take(|src, net| diverse(allow_same, &taken, src, net)) else {
             return false;
         };
         let old = up.url();
-        tracing::warn!(from = %old, to = %next, "replacing upstream");
+        tracing::warn!(slot = up.id, "replacing an upstream that keeps failing");
+        tracing::debug!(from = %old, to = %next, "replacing upstream");
         self.metrics.event(
             "replaced",
             Some(&next.authority()),
@@ -527,11 +559,10 @@ impl Pool {
         if let Ok(mut u) = up.url.write() {
             *u = next;
         }
-        if let Ok(mut s) = up.stats.lock() {
-            *s = Stats::default();
-        }
-        up.p90_us.store(NO_P90, Ordering::Relaxed);
-        c.push_back(old);
+        // Strikes, demotions and measurements belong to the server that earned them.
+        up.reset_for_new_server();
+        c.requeue(old);
+        let _ = self.events.send(PoolEvent::Standing);
         true
     }
 
@@ -716,23 +747,47 @@ impl Pool {
         let Ok(peers) = crate::servers::parse_peers(&v) else {
             return;
         };
-        let mut added = 0;
-        for p in peers {
+        let (added, refused) = self.add_peers(&up.name(), peers);
+        if added > 0 || refused > 0 {
+            tracing::info!(added, refused, "learned candidate servers from peers");
+        }
+    }
+
+    /// Adds the servers an upstream (`announcer`) named as peers to the candidates, behind the
+    /// configured and listed ones and within the caps of [`super::candidates`]. Outside
+    /// regtest, addresses of this machine or a private network are refused. Returns how many
+    /// were added and how many refused (those left over once a cap is reached included).
+    fn add_peers(&self, announcer: &str, peers: Vec<ServerInfo>) -> (usize, usize) {
+        let now = unix(SystemTime::now());
+        let active: Vec<ServerUrl> = self.upstreams.iter().map(|u| u.url()).collect();
+        let (mut added, mut refused) = (0usize, 0usize);
+        let Ok(mut c) = self.candidates.lock() else {
+            return (0, 0);
+        };
+        let total = peers.len();
+        for (i, p) in peers.into_iter().enumerate() {
             if p.is_onion() && self.cfg.upstreams.proxy.is_empty() {
                 continue;
             }
-            if let Some(url) = p
-                .url(crate::transport::Scheme::Ssl)
-                .or_else(|| p.url(crate::transport::Scheme::Tcp))
-            {
-                if self.add_candidate(url) {
-                    added += 1;
+            let Some(url) = p.url(Scheme::Ssl).or_else(|| p.url(Scheme::Tcp)) else {
+                continue;
+            };
+            let ip = ip_of(&url).or_else(|| p.ip_addr.as_deref().and_then(|ip| ip.parse().ok()));
+            if active.contains(&url) || !peer_allowed(self.network, &url, ip) {
+                refused += 1;
+                continue;
+            }
+            match c.add_peer(url, announcer, ip, now) {
+                Ok(()) => added += 1,
+                Err(Refused::Full | Refused::AnnouncerFull) => {
+                    refused += total - i;
+                    break;
                 }
+                Err(Refused::SameSubnet) => refused += 1,
+                Err(Refused::Known) => {}
             }
         }
-        if added > 0 {
-            tracing::info!(added, "learned candidate servers from peers");
-        }
+        (added, refused)
     }
 
     /// Writes what the pool learned to `upstreams.json` in the data directory.
@@ -741,6 +796,21 @@ impl Pool {
         let Ok(mut learned) = self.learned.lock() else {
             return;
         };
+        let now = unix(SystemTime::now());
+        let mut current: HashMap<String, Origin> = HashMap::new();
+        if let Ok(c) = self.candidates.lock() {
+            for (url, src) in c.known() {
+                let key = url.to_string();
+                current.insert(key.clone(), src.origin);
+                let e = learned.entry(key).or_default();
+                e.origin = Some(src.origin);
+                if src.origin == Origin::Peer {
+                    e.last_seen = Some(src.seen.max(e.last_seen.unwrap_or(0)));
+                    e.announced_by.clone_from(&src.announcer);
+                    e.ip = src.ip.map(|ip| ip.to_string());
+                }
+            }
+        }
         for up in &self.upstreams {
             let s = up.stats();
             let e = learned.entry(up.url().to_string()).or_default();
@@ -755,9 +825,7 @@ impl Pool {
                 e.software = s.software;
             }
         }
-        for c in self.candidates() {
-            learned.entry(c.to_string()).or_default();
-        }
+        candidates::prune(&mut learned, &current, now);
         let Ok(json) = serde_json::to_vec_pretty(&*learned) else {
             return;
         };
@@ -786,3 +854,6 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::client::{Client, ClientError};
 use crate::metrics::{UpState, UpstreamView};
@@ -130,9 +130,30 @@ impl Upstream {
         }
     }
 
-    /// Where this upstream stands relative to the verified best chain.
+    /// Where this upstream stands relative to the verified best chain (strikes forgiven by now
+    /// are not counted).
     pub fn standing(&self) -> Standing {
-        self.standing.lock().map(|s| s.clone()).unwrap_or_default()
+        self.standing
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+            .as_of(Instant::now())
+    }
+
+    /// Forgets everything known about the server this slot had: its measurements, standing,
+    /// tip and an operator's cordon. For a slot that takes a new server.
+    pub(crate) fn reset_for_new_server(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            *s = Stats::default();
+        }
+        self.p90_us.store(NO_P90, Ordering::Relaxed);
+        if let Ok(mut st) = self.standing.lock() {
+            *st = Standing::default();
+        }
+        if let Ok(mut tip) = self.tip.write() {
+            *tip = None;
+        }
+        self.cordoned.store(false, Ordering::Relaxed);
     }
 
     /// True when it may serve reads that depend on the tip.

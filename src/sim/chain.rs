@@ -164,6 +164,13 @@ fn make_block(
     }
 }
 
+/// A coinbase-only block on `prev` at `height` that no branch of the chain holds: what a
+/// `deep-fork` endpoint announces as its tip.
+pub(crate) fn stray_block(prev: &SimBlock, height: u32) -> SimBlock {
+    let payout = &wallet_scripts()[0];
+    make_block(prev, height, b"deep-fork", payout, Vec::new(), 0, 7)
+}
+
 /// Builds a wallet transaction spending `inputs` to 1..=3 random documented addresses plus
 /// change, at `feerate` sat/vB. Returns `None` when the inputs are too small.
 fn random_spend(rng: &mut Rng, inputs: &[(OutPoint, u64)], feerate: u64) -> Option<Transaction> {

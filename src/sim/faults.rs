@@ -32,6 +32,11 @@ pub struct Faults {
     pub bad_merkle: bool,
     /// `bad-header`: headers carry a corrupted byte (linkage and proof of work fail).
     pub bad_header: bool,
+    /// `deep-fork=DEPTH`: the announced tip (`headers.subscribe` answers and notifications) is
+    /// a block with valid proof of work mined on the block DEPTH below the real tip (on
+    /// genesis while the chain is shorter), so every announcement is a fork that deep; the
+    /// endpoint serves the real chain otherwise.
+    pub deep_fork: Option<u32>,
     /// `wrong-tx`: `transaction.get` returns another transaction.
     pub wrong_tx: bool,
     /// `fake-mempool`: every scripthash's history, mempool, unspent list and balance carry an
@@ -112,6 +117,13 @@ impl Faults {
             "lie-history" => self.lie_history = flag(value)?,
             "bad-merkle" => self.bad_merkle = flag(value)?,
             "bad-header" => self.bad_header = flag(value)?,
+            "deep-fork" => {
+                let depth = u32::try_from(num(value)?).map_err(|_| err("too large"))?;
+                if depth == 0 {
+                    return Err(err("must be at least 1 block"));
+                }
+                self.deep_fork = Some(depth);
+            }
             "wrong-tx" => self.wrong_tx = flag(value)?,
             "fake-mempool" => self.fake_mempool = flag(value)?,
             "string-heights" => self.string_heights = flag(value)?,
@@ -191,6 +203,9 @@ impl fmt::Display for Faults {
         }
         if self.fork > 0 {
             items.push(format!("fork={}", self.fork));
+        }
+        if let Some(d) = self.deep_fork {
+            items.push(format!("deep-fork={d}"));
         }
         for (on, name) in [
             (self.lie_balance, "lie-balance"),
@@ -307,7 +322,7 @@ mod tests {
         assert!(!e.faults.lie_history);
 
         let e: EndpointSpec =
-            "ssl://localhost:0,drop-after=3,stall,lag=2,fork=4,lie-history,bad-merkle,bad-header,wrong-tx,flap=5,version=1.4,software=electrs/0.11"
+            "ssl://localhost:0,drop-after=3,stall,lag=2,fork=4,deep-fork=3000,lie-history,bad-merkle,bad-header,wrong-tx,flap=5,version=1.4,software=electrs/0.11"
                 .parse()
                 .unwrap();
         assert_eq!(e.url.scheme, Scheme::Ssl);
@@ -315,6 +330,7 @@ mod tests {
         assert_eq!(f.drop_after, Some(3));
         assert!(f.stall && f.lie_history && f.bad_merkle && f.bad_header && f.wrong_tx);
         assert_eq!((f.lag, f.fork, f.flap_secs), (2, 4, Some(5)));
+        assert_eq!(f.deep_fork, Some(3000));
         assert_eq!(f.protocol_max(), (1, 4, 0));
         assert_eq!(f.software.as_deref(), Some("electrs/0.11"));
         // Display round-trips.
@@ -337,6 +353,7 @@ mod tests {
             "127.0.0.1:0,version=2.0",
             "127.0.0.1:0,version=abc",
             "127.0.0.1:0,flap=0",
+            "127.0.0.1:0,deep-fork=0",
             "ftp://h:1",
         ] {
             assert!(bad.parse::<EndpointSpec>().is_err(), "{bad} should fail");

@@ -141,14 +141,9 @@ impl Call<'_> {
             }
             "blockchain.headers.subscribe" => {
                 params(req, &[], 0)?;
-                let view = self.view();
-                let tip = view.tip();
-                state.headers = Some((view.tip_height(), tip.hash));
-                Ok(header_notification_value(
-                    self.faults,
-                    &tip.header,
-                    view.tip_height(),
-                ))
+                let (height, header) = announced_tip(self.faults, &self.view());
+                state.headers = Some((height, header.block_hash()));
+                Ok(header_notification_value(self.faults, &header, height))
             }
             "blockchain.block.header" => self.block_header(req),
             "blockchain.block.headers" => self.block_headers(state, req),
@@ -510,6 +505,23 @@ impl Call<'_> {
         }
         let branch = self.tx_branch(&view, height, pos as u32);
         Ok(json!({"tx_hash": txid.to_string(), "merkle": branch}))
+    }
+}
+
+/// The tip an endpoint announces (height, header): its view's tip, or under `deep-fork` a block
+/// mined on the block that many below it.
+pub(crate) fn announced_tip(faults: &Faults, view: &View) -> (u32, Header) {
+    let tip = view.tip();
+    let Some(depth) = faults.deep_fork else {
+        return (view.tip_height(), tip.header);
+    };
+    let parent_height = view.tip_height().saturating_sub(depth);
+    match view.block(parent_height) {
+        Some(parent) => (
+            parent_height + 1,
+            super::chain::stray_block(parent, parent_height + 1).header,
+        ),
+        None => (view.tip_height(), tip.header),
     }
 }
 

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use super::faults::Faults;
 use super::rpc::{
-    header_notification_value, scripthash_notification, served_history, Call, SessionState,
+    announced_tip, header_notification_value, scripthash_notification, served_history, Call,
+    SessionState,
 };
 use super::view::{status, Sh};
 use super::Inner;
@@ -228,13 +229,13 @@ fn notifications(
     let view = inner.view_for(endpoint);
     let mut out = Vec::new();
     if let Some(last) = state.headers {
-        let tip = view.tip();
-        let now = (view.tip_height(), tip.hash);
+        let (height, header) = announced_tip(faults, &view);
+        let now = (height, header.block_hash());
         if now != last {
             state.headers = Some(now);
             out.push(Notification {
                 method: "blockchain.headers.subscribe".into(),
-                params: vec![header_notification_value(faults, &tip.header, now.0)],
+                params: vec![header_notification_value(faults, &header, height)],
             });
         }
     }

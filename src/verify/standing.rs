@@ -176,7 +176,8 @@ pub struct Standing {
     pub demoted: Option<Demotion>,
     /// It sits out until then after a false answer.
     pub sit_out_until: Option<Instant>,
-    /// False answers so far (the sit-out period doubles with each).
+    /// False answers not yet forgiven (the sit-out period doubles with each). One is forgiven
+    /// for every [`FORGIVE_AFTER`] without a false answer after the latest sit-out ended.
     pub strikes: u32,
     /// Its tip is being linked (headers being fetched from it).
     pub linking: bool,
@@ -184,6 +185,11 @@ pub struct Standing {
 
 /// The longest sit-out.
 pub const MAX_SIT_OUT: Duration = Duration::from_secs(3600);
+
+/// One strike is forgiven for every this long without a false answer, counted from the end of
+/// the latest sit-out: an upstream that slipped once is back to a first offence's sit-out after
+/// a clean hour, while one that keeps lying keeps its doubled sit-outs.
+pub const FORGIVE_AFTER: Duration = Duration::from_secs(3600);
 
 impl Standing {
     /// True while a sit-out period runs.
@@ -202,13 +208,36 @@ impl Standing {
     }
 
     /// Counts a false answer: the upstream sits out for `base` doubled with every earlier
-    /// offence, at most [`MAX_SIT_OUT`]. Returns the period.
+    /// offence not yet forgiven, at most [`MAX_SIT_OUT`]. Returns the period.
     pub fn strike(&mut self, base: Duration) -> Duration {
-        self.strikes = self.strikes.saturating_add(1);
+        self.strike_at(base, Instant::now())
+    }
+
+    /// [`Standing::strike`] at `now`.
+    pub fn strike_at(&mut self, base: Duration, now: Instant) -> Duration {
+        self.strikes = self.strikes_at(now).saturating_add(1);
         let factor = 2u32.saturating_pow(self.strikes.saturating_sub(1).min(16));
         let period = base.saturating_mul(factor).min(MAX_SIT_OUT);
-        self.sit_out_until = Some(Instant::now() + period);
+        self.sit_out_until = Some(now + period);
         period
+    }
+
+    /// The strikes still counted at `now`: one fewer for every full [`FORGIVE_AFTER`] since
+    /// the latest sit-out ended.
+    pub fn strikes_at(&self, now: Instant) -> u32 {
+        let Some(ended) = self.sit_out_until else {
+            return self.strikes;
+        };
+        let clean = now.saturating_duration_since(ended);
+        let forgiven = clean.as_secs() / FORGIVE_AFTER.as_secs().max(1);
+        let forgiven = u32::try_from(forgiven).unwrap_or(u32::MAX);
+        self.strikes.saturating_sub(forgiven)
+    }
+
+    /// This standing as it stands at `now`: strikes forgiven by then are gone.
+    pub fn as_of(mut self, now: Instant) -> Standing {
+        self.strikes = self.strikes_at(now);
+        self
     }
 }
 
@@ -280,5 +309,53 @@ mod tests {
             st.strike(base);
         }
         assert_eq!(st.strike(base), MAX_SIT_OUT);
+    }
+
+    #[test]
+    fn strikes_are_forgiven_one_per_clean_hour_after_the_sit_out() {
+        let base = Duration::from_secs(30);
+        let now = Instant::now();
+        let mut st = Standing::default();
+        for _ in 0..5 {
+            st.strike_at(base, now);
+        }
+        // The fifth sit-out runs 8 minutes.
+        let end = now + base * 16;
+        assert_eq!(st.sit_out_until, Some(end));
+        assert_eq!(st.strikes_at(end), 5);
+        assert_eq!(
+            st.strikes_at(end + FORGIVE_AFTER - Duration::from_secs(1)),
+            5
+        );
+        assert_eq!(st.strikes_at(end + FORGIVE_AFTER), 4);
+        assert_eq!(st.strikes_at(end + FORGIVE_AFTER * 3), 2);
+        assert_eq!(st.strikes_at(end + FORGIVE_AFTER * 100), 0);
+        // Two clean hours later the next offence counts as the fourth: 4 minutes, not 16.
+        let later = end + FORGIVE_AFTER * 2;
+        assert_eq!(st.strike_at(base, later), base * 8);
+        assert_eq!(st.strikes, 4);
+        // An offence while still sitting out forgives nothing.
+        assert_eq!(st.strike_at(base, later), base * 16);
+        assert_eq!(st.strikes, 5);
+        // After a long clean spell an upstream starts over.
+        let much_later = later + base * 16 + FORGIVE_AFTER * 10;
+        assert_eq!(st.strike_at(base, much_later), base);
+        assert_eq!(st.strikes, 1);
+    }
+
+    #[test]
+    fn a_standing_from_before_counts_its_clean_time_from_its_last_sit_out() {
+        let base = Duration::from_secs(30);
+        let Some(ended) = Instant::now().checked_sub(FORGIVE_AFTER * 3 + base) else {
+            return;
+        };
+        let mut st = Standing {
+            strikes: 6,
+            sit_out_until: Some(ended),
+            ..Standing::default()
+        };
+        // Three clean hours: three strikes forgiven, so this is the fourth offence.
+        assert_eq!(st.strike(base), base * 8);
+        assert_eq!(st.strikes, 4);
     }
 }

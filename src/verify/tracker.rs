@@ -22,13 +22,15 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::Reason;
-use crate::chain::{Accepted, ChainParams, HeaderChain, RejectReason};
+use crate::chain::{parse_headers_hex, Accepted, ChainParams, HeaderChain, RejectReason};
 use crate::protocol::tip::header_from_hex;
 use crate::protocol::Tip;
 
 /// The verified chain and where upstreams' tips stand on it.
 pub struct ChainTracker {
     chain: Mutex<HeaderChain>,
+    /// The chain's rules, readable without the lock.
+    params: ChainParams,
     tip: watch::Sender<Option<Tip>>,
     /// Highest tip height any upstream announced (the sync target).
     target: watch::Sender<u32>,
@@ -57,6 +59,7 @@ impl ChainTracker {
         let tip = tip_of(&chain);
         tracing::info!(height = tip.height, "verified header chain loaded");
         Ok(Arc::new(ChainTracker {
+            params: chain.params().clone(),
             chain: Mutex::new(chain),
             tip: watch::channel(Some(tip)).0,
             target: watch::channel(0).0,
@@ -112,7 +115,19 @@ impl ChainTracker {
 
     /// Feeds the chain with an upstream's announced tip. Returns what the caller must do next:
     /// nothing (the tip was placed), or link it (fetch headers from that upstream).
+    ///
+    /// The cheap refusals come first, so that a header which costs its sender nothing costs the
+    /// gateway next to nothing: a header that does not meet its own bits (or whose bits are
+    /// above the network's limit) is refused before the chain is locked, and one that is not
+    /// on the best chain but would fork off below the reorg window is refused as too old with
+    /// one hash lookup under the lock, before any work is computed or any header fetched.
     pub fn place_tip(&self, tip: &Tip) -> Placement {
+        let Some(header) = header_from_hex(&tip.hex) else {
+            return Placement::Bad(Reason::BadHeader);
+        };
+        if let Err(reason) = crate::chain::check_own_work(&self.params, &header) {
+            return Placement::Bad(Reason::from(reason));
+        }
         self.target.send_if_modified(|t| {
             if tip.height > *t {
                 *t = tip.height;
@@ -121,13 +136,20 @@ impl ChainTracker {
                 false
             }
         });
-        let Some(header) = header_from_hex(&tip.hex) else {
-            return Placement::Bad(Reason::BadHeader);
-        };
         let hash = header.block_hash();
         let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
         if chain.height_of(&hash) == Some(tip.height) {
             return Placement::OnBest;
+        }
+        if tip
+            .height
+            .saturating_sub(1)
+            .saturating_add(chain.reorg_window())
+            < chain.height()
+        {
+            // Not on the best chain, and wherever it attaches it forks off at or below its
+            // parent: deeper than any reorganisation the gateway follows.
+            return Placement::Bad(Reason::TooOld);
         }
         let prev_known = tip.height > 0
             && chain
@@ -157,7 +179,8 @@ impl ChainTracker {
             Ok(Accepted::SideBranch { .. }) => Placement::Side,
             Err(r) => match r.reason {
                 RejectReason::Unconnected => Placement::Unlinked,
-                RejectReason::TooOld => Placement::Side,
+                // A branch forking off below the reorg window can never be followed, however
+                // much work it shows: no honest server announces one for this chain.
                 other => Placement::Bad(Reason::from(other)),
             },
         }
@@ -256,9 +279,13 @@ impl ChainTracker {
             if hex.is_empty() {
                 return Placement::Failed;
             }
+            // Decoded before the chain is locked: only the checks run under the lock.
+            let Some(headers) = parse_headers_hex(&hex) else {
+                return Placement::Bad(Reason::BadEncoding);
+            };
             let res = {
                 let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-                chain.accept_hex(start, &hex)
+                chain.accept(start, &headers)
             };
             match self.after_accept(res) {
                 Placement::Unlinked => {
