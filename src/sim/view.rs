@@ -400,6 +400,14 @@ impl View {
             .map(|(op, (v, sh))| (op, *v, sh))
     }
 
+    /// The scripthash of an unspent output, confirmed or in the mempool.
+    pub fn output_sh(&self, op: &OutPoint) -> Option<Sh> {
+        self.utxos
+            .get(op)
+            .map(|u| u.sh)
+            .or_else(|| self.mempool_outputs.get(op).map(|(_, sh)| *sh))
+    }
+
     /// Block hashes of heights `0..=upto` in internal byte order.
     pub fn block_hashes(&self, upto: u32) -> Vec<[u8; 32]> {
         self.blocks[..=(upto as usize).min(self.blocks.len() - 1)]
