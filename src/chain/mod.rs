@@ -35,8 +35,8 @@ pub use params::ChainParams;
 pub use store::{HeaderStore, StoreError};
 pub use verify::{
     check_broadcast, check_header_proof, check_merkle, check_status, check_transaction,
-    confirmed_part, fee_consensus, histories_agree, parse_history, status_hash, txid_of,
-    HistoryEntry, MerkleAnswer, VerifyError,
+    confirmed_part, decode_transaction, fee_consensus, histories_agree, parse_history, status_hash,
+    txid_of, witness_matters, HistoryEntry, MerkleAnswer, VerifyError,
 };
 
 #[cfg(test)]

@@ -48,6 +48,15 @@ pub enum VerifyError {
     /// The txid returned by a broadcast is not the broadcast transaction's.
     #[error("broadcast returned a txid that is not the transaction's: {0}")]
     BadBroadcast(String),
+    /// A transaction's witness differs from what the other upstreams return (the txid does
+    /// not cover it), or a verbose answer's wtxid is not its transaction's.
+    #[error("witness does not match: {0}")]
+    BadWitness(String),
+    /// A well-formed proof that folds to another merkle root than the verified header's at
+    /// that height: the proof of another block. An upstream on another branch gives it
+    /// honestly.
+    #[error("bad merkle proof: {0}")]
+    OtherBlock(String),
 }
 
 impl VerifyError {
@@ -61,7 +70,23 @@ impl VerifyError {
             VerifyError::BadStatus => "bad_status",
             VerifyError::HistoryMismatch(_) => "history_mismatch",
             VerifyError::BadBroadcast(_) => "bad_broadcast",
+            VerifyError::BadWitness(_) => "bad_witness",
+            VerifyError::OtherBlock(_) => "bad_merkle",
         }
+    }
+
+    /// True when the answer is false whatever branch of the chain the upstream is on: a
+    /// transaction that does not hash to its txid, a malformed answer, a broadcast returning
+    /// another txid, a witness mismatch, a proof that cannot fold to any root. False for what
+    /// an honest upstream on another branch (or ahead of the verified chain) may answer: a
+    /// proof of its own block at that height, a history or header of its branch.
+    pub fn holds_on_every_branch(&self) -> bool {
+        !matches!(
+            self,
+            VerifyError::OtherBlock(_)
+                | VerifyError::HistoryMismatch(_)
+                | VerifyError::BadHeader(_)
+        )
     }
 }
 
@@ -70,7 +95,8 @@ fn parse_hash<T: FromStr>(hex: &str, what: &str) -> Result<T, VerifyError> {
         .map_err(|_| VerifyError::BadEncoding(format!("{what} is not a 32-byte hex hash")))
 }
 
-fn decode_transaction(raw_hex: &str) -> Result<Transaction, VerifyError> {
+/// Decodes a raw transaction given as hex: the bytes must be one whole transaction.
+pub fn decode_transaction(raw_hex: &str) -> Result<Transaction, VerifyError> {
     let bytes = Vec::<u8>::from_hex(raw_hex.trim())
         .map_err(|_| VerifyError::BadEncoding("transaction is not hex".into()))?;
     deserialize::<Transaction>(&bytes)
@@ -80,6 +106,34 @@ fn decode_transaction(raw_hex: &str) -> Result<Transaction, VerifyError> {
 /// The txid of a raw transaction given as hex.
 pub fn txid_of(raw_hex: &str) -> Result<Txid, VerifyError> {
     Ok(decode_transaction(raw_hex)?.compute_txid())
+}
+
+/// True when a transaction's witness matters and is not proven by its txid: it carries a
+/// witness, or one of its inputs could (an empty script_sig, or a script_sig that is a single
+/// push of a witness program: a P2SH-wrapped segwit spend), so a served copy without a witness
+/// may be a stripped one.
+///
+/// Otherwise every input spends a legacy output with a script_sig of its own, and a witness on
+/// such an input makes a transaction invalid (BIP141, `SCRIPT_ERR_WITNESS_UNEXPECTED`, in
+/// blocks and mempools alike): its bytes are all covered by the txid. A coinbase's witness (the
+/// BIP141 reserved value) commits to nothing a wallet reads (its wtxid is zero by definition)
+/// and is not counted.
+pub fn witness_matters(tx: &Transaction) -> bool {
+    if tx.is_coinbase() {
+        return false;
+    }
+    tx.input.iter().any(|i| {
+        if !i.witness.is_empty() || i.script_sig.is_empty() {
+            return true;
+        }
+        let mut pushes = i.script_sig.instructions();
+        match (pushes.next(), pushes.next()) {
+            (Some(Ok(bitcoin::script::Instruction::PushBytes(data))), None) => {
+                bitcoin::Script::from_bytes(data.as_bytes()).is_witness_program()
+            }
+            _ => false,
+        }
+    })
 }
 
 /// `blockchain.transaction.get` (non-verbose): the raw transaction must hash to `txid_hex`.
@@ -137,7 +191,7 @@ pub fn check_merkle<S: AsRef<str>>(
     let root = merkle::fold(txid.to_raw_hash(), &nodes, pos, true)
         .map_err(|e: FoldError| VerifyError::BadMerkle(e.to_string()))?;
     if root != merkle_root.to_raw_hash() {
-        return Err(VerifyError::BadMerkle(
+        return Err(VerifyError::OtherBlock(
             "root differs from the header's merkle root".into(),
         ));
     }
@@ -543,6 +597,75 @@ mod tests {
     }
 
     #[test]
+    fn a_witness_matters_unless_every_input_is_a_legacy_spend() {
+        let segwit: Transaction = decode_transaction(RAW_A6C9).unwrap();
+        assert!(witness_matters(&segwit));
+        // Stripped of its witness it still hashes to its txid, and still may carry one: its
+        // inputs have empty script_sigs.
+        let mut stripped = segwit.clone();
+        stripped.input.iter_mut().for_each(|i| i.witness.clear());
+        assert_eq!(stripped.compute_txid(), segwit.compute_txid());
+        assert_ne!(stripped.compute_wtxid(), segwit.compute_wtxid());
+        assert!(witness_matters(&stripped));
+        // A legacy spend: a script_sig of its own on every input.
+        let mut legacy = tx(1, 25);
+        legacy.input[0].script_sig = bitcoin::script::Builder::new()
+            .push_slice([0x30u8; 71])
+            .push_slice([0x02u8; 33])
+            .into_script();
+        assert!(!witness_matters(&legacy));
+        // A P2SH-wrapped segwit spend: the script_sig is one push of a witness program.
+        let mut wrapped = legacy.clone();
+        let program = ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([7; 20]));
+        let push = bitcoin::script::PushBytesBuf::try_from(program.into_bytes()).unwrap();
+        wrapped.input[0].script_sig = bitcoin::script::Builder::new()
+            .push_slice(push)
+            .into_script();
+        assert!(witness_matters(&wrapped));
+        // A witness where none may be is still a witness: it must be corroborated.
+        let mut added = legacy.clone();
+        added.input[0].witness = Witness::from_slice(&[[1u8; 3]]);
+        assert!(witness_matters(&added));
+        // A coinbase's witness (the reserved value) commits to nothing a wallet reads.
+        let mut coinbase = legacy;
+        coinbase.input[0].previous_output = OutPoint::null();
+        coinbase.input[0].witness = Witness::from_slice(&[[0u8; 32]]);
+        assert!(coinbase.is_coinbase());
+        assert!(!witness_matters(&coinbase));
+    }
+
+    #[test]
+    fn branch_dependent_errors_are_the_proofs_of_another_block() {
+        let s = String::new;
+        for e in [
+            VerifyError::BadEncoding(s()),
+            VerifyError::BadTxid,
+            VerifyError::BadMerkle(s()),
+            VerifyError::BadStatus,
+            VerifyError::BadBroadcast(s()),
+            VerifyError::BadWitness(s()),
+        ] {
+            assert!(e.holds_on_every_branch(), "{e}");
+        }
+        for e in [
+            VerifyError::OtherBlock(s()),
+            VerifyError::HistoryMismatch(s()),
+            VerifyError::BadHeader(s()),
+        ] {
+            assert!(!e.holds_on_every_branch(), "{e}");
+        }
+        // A well-formed proof of another block is that; a malformed one is false anywhere.
+        let root = TxMerkleNode::from_raw_hash(sha256d::Hash::hash(b"another block"));
+        let other = check_merkle(&txid(TX_9C42), 1, &MERKLE_9C42, &root).unwrap_err();
+        assert!(!other.holds_on_every_branch());
+        let long = vec![MERKLE_9C42[0]; MAX_MERKLE_BRANCH + 1];
+        let bad = check_merkle(&txid(TX_9C42), 1, &long, &root).unwrap_err();
+        assert!(bad.holds_on_every_branch());
+        let phantom = check_merkle(&txid(TX_770F), 3, &MERKLE_770F, &root).unwrap_err();
+        assert!(phantom.holds_on_every_branch());
+    }
+
+    #[test]
     fn status_of_the_documented_example() {
         let history = parse_history(HISTORY).unwrap();
         assert_eq!(status_hash(&history).as_deref(), Some(STATUS));
@@ -642,6 +765,8 @@ mod tests {
             VerifyError::BadStatus,
             VerifyError::HistoryMismatch(String::new()),
             VerifyError::BadBroadcast(String::new()),
+            VerifyError::BadWitness(String::new()),
+            VerifyError::OtherBlock(String::new()),
         ];
         let labels: Vec<&str> = all.iter().map(VerifyError::reason).collect();
         assert_eq!(
@@ -653,7 +778,9 @@ mod tests {
                 "bad_header",
                 "bad_status",
                 "history_mismatch",
-                "bad_broadcast"
+                "bad_broadcast",
+                "bad_witness",
+                "bad_merkle"
             ]
         );
     }

@@ -2,9 +2,10 @@
 //!
 //! What may be cached, and for how long, is the call's catalogue row ([`Cache`]):
 //! - `Immutable`: raw transactions (they hash to their txid) forever, and merkle proofs once
-//!   their block is `depth` deep. A proof remembers the hash of its block and is dropped if the
-//!   verified chain no longer has that block at that height (after a reorganisation), so a
-//!   stale proof is never served.
+//!   their block is `depth` deep. A proof is filed under the block its check proved it
+//!   against ([`ProvenBlock`]), not the block at that height when it is put (a reorganisation
+//!   may come in between), and is dropped once the verified chain no longer has that block at
+//!   that height, so a stale proof is never served.
 //! - `Short`: fee figures, until the verified tip moves and at most [`SHORT_TTL`].
 //!
 //! Only answers that passed their checks and votes go in.
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::methods::Cache;
 use crate::protocol::Call;
-use crate::verify::ChainTracker;
+use crate::verify::{ChainTracker, ProvenBlock};
 
 /// The longest a short-lived answer (fees) is kept.
 pub const SHORT_TTL: Duration = Duration::from_secs(10);
@@ -99,8 +100,17 @@ impl AnswerCache {
         }
     }
 
-    /// Keeps a checked answer to `call`, under its key, for as long as its row allows.
-    pub fn put(&self, tracker: &ChainTracker, call: &Call, key: String, raw: &RawValue) {
+    /// Keeps a checked answer to `call`, under its key, for as long as its row allows. A proof
+    /// needs `proven`, the block its check proved it against; without it, or once that block
+    /// has left the verified chain, it is not kept.
+    pub fn put(
+        &self,
+        tracker: &ChainTracker,
+        call: &Call,
+        key: String,
+        raw: &RawValue,
+        proven: Option<ProvenBlock>,
+    ) {
         let validity = match (call.info.cache, call.proof_height()) {
             (Cache::Never, _) => return,
             (Cache::Short, _) => match tip_hash(tracker) {
@@ -109,13 +119,14 @@ impl AnswerCache {
             },
             (Cache::Immutable, None) => Validity::Always,
             (Cache::Immutable, Some(h)) => {
+                let Some(block) = proven.filter(|b| b.height == h) else {
+                    return;
+                };
                 let (tip, hash) = tracker.with_chain(|c| (c.height(), c.hash(h)));
-                match hash {
-                    Some(hash) if tip.saturating_sub(h) + 1 >= self.depth => {
-                        Validity::Block(h, hash)
-                    }
-                    _ => return,
+                if hash != Some(block.hash) || tip.saturating_sub(h) + 1 < self.depth {
+                    return;
                 }
+                Validity::Block(h, block.hash)
             }
         };
         if let Ok(mut entries) = self.entries.lock() {
@@ -179,9 +190,15 @@ mod tests {
         cache.get(tracker, &call.cache_key()?)
     }
 
-    fn put(cache: &AnswerCache, tracker: &ChainTracker, call: &Call, raw: &RawValue) {
+    fn put(
+        cache: &AnswerCache,
+        tracker: &ChainTracker,
+        call: &Call,
+        raw: &RawValue,
+        proven: Option<ProvenBlock>,
+    ) {
         if let Some(key) = call.cache_key() {
-            cache.put(tracker, call, key, raw);
+            cache.put(tracker, call, key, raw, proven);
         }
     }
 
@@ -202,26 +219,36 @@ mod tests {
         // A raw transaction is kept for good; a verbose one (composed by the upstream) never.
         let tx = call("blockchain.transaction.get", json!([TXID]));
         assert!(get(&cache, &tracker, &tx).is_none());
-        put(&cache, &tracker, &tx, &raw(json!("00")));
+        put(&cache, &tracker, &tx, &raw(json!("00")), None);
         assert_eq!(get(&cache, &tracker, &tx).unwrap().get(), "\"00\"");
         let verbose = call("blockchain.transaction.get", json!([TXID, true]));
-        put(&cache, &tracker, &verbose, &raw(json!({"hex": "00"})));
+        put(&cache, &tracker, &verbose, &raw(json!({"hex": "00"})), None);
         assert!(get(&cache, &tracker, &verbose).is_none());
         // Balances are never cached.
         let bal = call("blockchain.scripthash.get_balance", json!([TXID]));
-        put(&cache, &tracker, &bal, &raw(json!({"confirmed": 1})));
+        put(&cache, &tracker, &bal, &raw(json!({"confirmed": 1})), None);
         assert!(get(&cache, &tracker, &bal).is_none());
 
         // A proof of block 0 is kept only once the block is two deep.
         let proof = call("blockchain.transaction.get_merkle", json!([TXID, 0]));
-        put(&cache, &tracker, &proof, &raw(json!({"block_height": 0})));
+        let block0 = Some(ProvenBlock {
+            height: 0,
+            hash: genesis.block_hash(),
+        });
+        put(
+            &cache,
+            &tracker,
+            &proof,
+            &raw(json!({"block_height": 0})),
+            block0,
+        );
         assert!(
             get(&cache, &tracker, &proof).is_none(),
             "not deep enough yet"
         );
         // Fees are kept while the tip stays.
         let fee = call("blockchain.estimatefee", json!([2]));
-        put(&cache, &tracker, &fee, &raw(json!(0.0001)));
+        put(&cache, &tracker, &fee, &raw(json!(0.0001)), None);
         assert!(get(&cache, &tracker, &fee).is_some());
 
         let one = extend(&tracker, &genesis, 1);
@@ -229,7 +256,13 @@ mod tests {
             get(&cache, &tracker, &fee).is_none(),
             "a new tip drops fee figures"
         );
-        put(&cache, &tracker, &proof, &raw(json!({"block_height": 0})));
+        put(
+            &cache,
+            &tracker,
+            &proof,
+            &raw(json!({"block_height": 0})),
+            block0,
+        );
         assert!(get(&cache, &tracker, &proof).is_some(), "two deep: kept");
         extend(&tracker, &one, 2);
         assert!(
@@ -241,5 +274,58 @@ mod tests {
         // missed.
         assert_eq!(cache.hits.load(Ordering::Relaxed), 4);
         assert_eq!(cache.misses.load(Ordering::Relaxed), 3);
+    }
+    #[test]
+    fn a_proof_is_filed_under_the_block_it_was_checked_against() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        let genesis =
+            bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
+        let cache = AnswerCache::new(100, 1);
+        let one = extend(&tracker, &genesis, 1);
+        // A one-transaction block: its coinbase's txid is the merkle root, proven by an empty
+        // branch.
+        let txid = one.merkle_root.to_string();
+        let proof = call("blockchain.transaction.get_merkle", json!([txid, 1]));
+        let answer = raw(json!({"block_height": 1, "merkle": [], "pos": 0}));
+        let verdict = crate::verify::check(&tracker, &proof, &answer);
+        assert_eq!(
+            verdict.block(),
+            Some(ProvenBlock {
+                height: 1,
+                hash: one.block_hash()
+            })
+        );
+        // Before the answer reaches the cache, the chain reorganises to another block 1 (equal
+        // work; the upstreams' majority announces it), whose merkle root is another.
+        let other = child(&genesis, 2);
+        let other_tip = Tip {
+            height: 1,
+            hex: bitcoin::consensus::encode::serialize_hex(&other),
+        };
+        assert_eq!(
+            tracker.place_tip(&other_tip),
+            crate::verify::Placement::Side
+        );
+        tracker.break_tie(&[other_tip.clone(), other_tip]);
+        assert_eq!(tracker.with_chain(|c| c.hash(1)), Some(other.block_hash()));
+        assert!(!crate::verify::check(&tracker, &proof, &answer).is_proven());
+        // The proof was checked against the old block: it is not served for the new one.
+        put(&cache, &tracker, &proof, &answer, verdict.block());
+        assert!(
+            get(&cache, &tracker, &proof).is_none(),
+            "a proof of the old block filed under the new one"
+        );
+        // A proof put without the block it was checked against is not kept either.
+        let proof_other = call(
+            "blockchain.transaction.get_merkle",
+            json!([other.merkle_root.to_string(), 1]),
+        );
+        put(&cache, &tracker, &proof_other, &answer, None);
+        assert!(get(&cache, &tracker, &proof_other).is_none());
+        // Checked against the block the chain has: kept.
+        let verdict = crate::verify::check(&tracker, &proof_other, &answer);
+        put(&cache, &tracker, &proof_other, &answer, verdict.block());
+        assert!(get(&cache, &tracker, &proof_other).is_some());
     }
 }

@@ -246,9 +246,13 @@ impl Pool {
     /// The one checked upstream call: sends `method(params)` to `up` over `client`, records
     /// the latency (or the transport failure) in the upstream's measurements and the metrics,
     /// and runs `check` on the answer. An answer proven false becomes an error, so the caller
-    /// asks elsewhere, and the upstream is penalised; an upstream out of step (on another
-    /// branch during a reorganisation, or far behind) may prove its own chain correctly, so its
-    /// false answer is dropped without a penalty.
+    /// asks elsewhere, and the upstream is penalised, in step or not: a transaction that does
+    /// not hash to its txid, a malformed answer, a broadcast returning another txid, a witness
+    /// mismatch are false on every branch. Only an answer that may be true on the upstream's
+    /// own branch ([`crate::chain::VerifyError::holds_on_every_branch`]: a proof of its own
+    /// block at that height) is dropped without a penalty from an upstream out of step (on
+    /// another branch during a reorganisation, far behind, or sitting out a penalty: the tip it
+    /// last announced may no longer be where it stands).
     pub async fn ask(
         &self,
         up: &Upstream,
@@ -265,12 +269,14 @@ impl Pool {
         self.metrics.observe_upstream(&up.name(), elapsed, failed);
         let raw = res?;
         match check(&raw) {
-            Verdict::Proven => Ok(raw),
+            Verdict::Proven | Verdict::ProvenIn(_) => Ok(raw),
             Verdict::Unverifiable(why) => Err(ClientError::Protocol(why)),
-            Verdict::False(e) if !up.in_step() => Err(ClientError::Protocol(format!(
-                "answer from an upstream out of step failed verification ({})",
-                e.reason()
-            ))),
+            Verdict::False(e) if !e.holds_on_every_branch() && !up.in_step() => {
+                Err(ClientError::Protocol(format!(
+                    "answer from an upstream out of step failed verification ({})",
+                    e.reason()
+                )))
+            }
             Verdict::False(e) => {
                 self.penalize(up, Reason::from(&e));
                 Err(ClientError::Protocol(format!(

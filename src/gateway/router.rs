@@ -10,7 +10,17 @@
 //! Every request goes through the pool's one checked call ([`Pool::ask`]) with the call's
 //! answer check ([`crate::verify::check`]); what "agree" means in a vote is
 //! [`super::vote::vote_key`].
+//!
+//! Two things can stand between a checked answer and the wallet. A [`Confirm`] step the caller
+//! supplies, run on each answer (`Core::read` fetches the transaction an `id_from_pos` answer
+//! names); an answer it refuses counts as that upstream's failure and the next one is asked.
+//! And corroboration ([`crate::verify::corroboration`]): a transaction whose witness matters
+//! is answered once a second upstream returned the same bytes; on a mismatch more upstreams
+//! are asked and a strict majority of at least two decides, the others penalised
+//! (`Reason::BadWitness`). When only one upstream could answer, its answer is served but
+//! marked [`Routed::uncorroborated`], so it is never cached.
 
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -25,7 +35,7 @@ use crate::client::{Client, ClientError};
 use crate::metrics::Metrics;
 use crate::protocol::error::{DAEMON_ERROR, EXCESSIVE_RESOURCE_USAGE, SERVER_BUSY};
 use crate::protocol::{Args, Call, Policy, RpcError};
-use crate::verify::Reason;
+use crate::verify::{corroboration, ProvenBlock, Reason};
 
 /// Counters the router keeps (exported as metrics).
 #[derive(Debug, Default)]
@@ -92,6 +102,93 @@ fn decided_at(state: Option<u32>, height: u32) -> bool {
     }
 }
 
+/// A checked answer and the block it was proven against, if a proof.
+type Answer = (Box<RawValue>, Option<ProvenBlock>);
+
+/// A routed answer and what stands behind it.
+#[derive(Debug)]
+pub struct Routed {
+    /// The answer, in the wording of the upstream that gave it.
+    pub raw: Box<RawValue>,
+    /// For a proof, the block of the verified chain it was checked against.
+    pub block: Option<ProvenBlock>,
+    /// The answer needed a second upstream's identical answer
+    /// ([`crate::verify::corroboration`]) and only one upstream could give it: it may be
+    /// served, never cached.
+    pub uncorroborated: bool,
+}
+
+impl Routed {
+    fn new(call: &Call, (raw, block): Answer, backers: usize) -> Routed {
+        let uncorroborated = backers < 2 && corroboration(call, &raw).is_some();
+        Routed {
+            raw,
+            block,
+            uncorroborated,
+        }
+    }
+}
+
+/// A step an answer must pass after its check before it counts, supplied by whoever routes
+/// the call: given the upstream that answered, its connection and the answer. An error counts
+/// as that upstream's failure (the router asks the next one); a step that proves the answer
+/// false penalises the upstream itself.
+pub trait Confirm: Sync {
+    /// Confirms `raw`, the checked answer of `up`.
+    fn confirm<'a>(
+        &'a self,
+        up: &'a Arc<Upstream>,
+        client: &'a Client,
+        raw: &'a RawValue,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
+}
+
+/// No step beyond the check.
+pub struct NoConfirm;
+
+impl Confirm for NoConfirm {
+    fn confirm<'a>(
+        &'a self,
+        _: &'a Arc<Upstream>,
+        _: &'a Client,
+        _: &'a RawValue,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What the answers gathered so far for a corroborated read decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Corroborated {
+    /// At least two upstreams and a strict majority gave this answer (its index among the
+    /// keys given).
+    Agreed(usize),
+    /// Not decided yet: ask another upstream (with none left and no answer: the read
+    /// failed).
+    AskMore,
+    /// Nobody else could answer: the one answer there is (served, not cached).
+    Alone,
+    /// Answers differ and no majority can form.
+    Split,
+}
+
+/// Decides a corroborated read from the keys of the answers so far (in arrival order);
+/// `done` when no other upstream can be asked.
+pub fn corroborated(keys: &[&str], done: bool) -> Corroborated {
+    let count = |k: &str| keys.iter().filter(|x| **x == k).count();
+    if let Some(i) = keys
+        .iter()
+        .position(|k| count(k) >= 2 && count(k) * 2 > keys.len())
+    {
+        return Corroborated::Agreed(i);
+    }
+    match (done, keys.len()) {
+        (false, _) | (_, 0) => Corroborated::AskMore,
+        (true, 1) => Corroborated::Alone,
+        (true, _) => Corroborated::Split,
+    }
+}
+
 /// Keeps the most telling error: an upstream's own answer beats a transport failure.
 fn keep_telling(slot: &mut Option<ClientError>, e: ClientError) {
     match (&*slot, &e) {
@@ -122,30 +219,54 @@ impl Router {
         }
     }
 
-    /// Routes one read or broadcast according to the call's policy.
+    /// Routes one read or broadcast according to the call's policy; the answer alone.
     pub async fn route(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
+        Ok(self.route_with(call, &NoConfirm).await?.raw)
+    }
+
+    /// Routes one read or broadcast according to the call's policy, every read answer passing
+    /// `confirm` after its check.
+    pub async fn route_with(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
         match call.policy {
-            Policy::Fastest | Policy::Local => self.fastest(call).await,
-            Policy::Quorum => self.quorum(call).await,
-            Policy::Median => self.median(call).await,
-            Policy::Broadcast => self.broadcast(call).await,
+            Policy::Fastest | Policy::Local => self.fastest(call, confirm).await,
+            Policy::Quorum => self.quorum(call, confirm).await,
+            Policy::Median => self.median(call, confirm).await,
+            Policy::Broadcast => {
+                let raw = self.broadcast(call).await?;
+                Ok(Routed {
+                    raw,
+                    block: None,
+                    uncorroborated: false,
+                })
+            }
         }
     }
 
     /// One request to one ranked upstream through the pool's checked call, with the call's
-    /// answer check.
+    /// answer check, then `confirm`.
     async fn ask(
         &self,
         (up, client): (Arc<Upstream>, Client),
         call: &Call,
-    ) -> (Arc<Upstream>, Result<Box<RawValue>, ClientError>) {
+        confirm: &dyn Confirm,
+    ) -> (Arc<Upstream>, Result<Answer, ClientError>) {
         let tracker = self.pool.tracker();
+        let mut block = None;
         let res = self
             .pool
             .ask(&up, &client, call.method(), call.params(), |raw| {
-                crate::verify::check(tracker, call, raw)
+                let verdict = crate::verify::check(tracker, call, raw);
+                block = verdict.block();
+                verdict
             })
             .await;
+        let res = match res {
+            Ok(raw) => match confirm.confirm(&up, &client, &raw).await {
+                Ok(()) => Ok((raw, block)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
         (up, res)
     }
 
@@ -157,8 +278,11 @@ impl Router {
     }
 
     /// `fastest`: best upstream first; the next one joins when the first is slow (hedge) or
-    /// fails (retry). The first good answer wins; losers are cancelled.
-    pub async fn fastest(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
+    /// fails (retry). The first good answer wins; losers are cancelled. An answer that needs
+    /// corroboration ([`crate::verify::corroboration`]) wins once a second upstream gave the
+    /// same (see [`corroborated`]); an answer proven by itself ends the vote at once, and
+    /// those that differ from the winner are penalised.
+    pub async fn fastest(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
         let ranked = self.pool.ranked_for(call.info.tip);
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected and in step"));
@@ -166,7 +290,7 @@ impl Router {
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            inflight.push(self.ask(ranked[*next].clone(), call));
+            inflight.push(self.ask(ranked[*next].clone(), call, confirm));
             *next += 1;
         };
         launch(&mut next, &mut inflight);
@@ -174,16 +298,35 @@ impl Router {
         tokio::pin!(hedge);
         let mut hedged = false;
         let mut first_error: Option<ClientError> = None;
+        // Answers waiting for corroboration, with what a second answer must equal.
+        let mut ballots: Vec<(Arc<Upstream>, String, Answer)> = Vec::new();
         loop {
             tokio::select! {
                 done = inflight.next() => {
-                    let Some((_up, res)) = done else {
+                    let Some((up, res)) = done else {
                         break;
                     };
                     match res {
-                        Ok(v) => return Ok(v),
+                        Ok(answer) => {
+                            let Some(key) = corroboration(call, &answer.0) else {
+                                // Proven by itself: it is the answer. Answers waiting for
+                                // corroboration differ from it (they carry a witness it
+                                // cannot have) and lose.
+                                ballots.push((up, String::new(), answer));
+                                let winner = ballots.len() - 1;
+                                return Ok(self.settle_ballots(call, ballots, winner));
+                            };
+                            ballots.push((up, key, answer));
+                            let keys: Vec<&str> = ballots.iter().map(|b| b.1.as_str()).collect();
+                            if let Corroborated::Agreed(i) = corroborated(&keys, false) {
+                                return Ok(self.settle_ballots(call, ballots, i));
+                            }
+                            if inflight.is_empty() && next < ranked.len() {
+                                launch(&mut next, &mut inflight);
+                            }
+                        }
                         Err(e) => {
-                            let retry = worth_retrying(&e);
+                            let retry = worth_retrying(&e) || !ballots.is_empty();
                             keep_telling(&mut first_error, e);
                             if retry && next < ranked.len() {
                                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -201,9 +344,54 @@ impl Router {
                 }
             }
         }
-        Err(first_error
-            .map(client_error_to_rpc)
-            .unwrap_or_else(|| unavailable("every upstream failed")))
+        let keys: Vec<&str> = ballots.iter().map(|b| b.1.as_str()).collect();
+        match corroborated(&keys, true) {
+            Corroborated::Agreed(i) => Ok(self.settle_ballots(call, ballots, i)),
+            Corroborated::Alone => {
+                let (_, _, answer) = ballots.remove(0);
+                Ok(Routed::new(call, answer, 1))
+            }
+            Corroborated::Split => {
+                tracing::warn!(
+                    method = call.method(),
+                    answers = ballots.len(),
+                    "upstreams disagree about a transaction's witness; no majority"
+                );
+                Err(RpcError::new(
+                    DAEMON_ERROR,
+                    "upstreams disagree about the transaction's witness and no majority can \
+                     be formed; try again",
+                ))
+            }
+            Corroborated::AskMore => Err(first_error
+                .map(client_error_to_rpc)
+                .unwrap_or_else(|| unavailable("every upstream failed"))),
+        }
+    }
+
+    /// The answer of ballot `winner`; the upstreams whose answer differs from it (in its
+    /// witness: every ballot passed the txid check) are penalised.
+    fn settle_ballots(
+        &self,
+        call: &Call,
+        mut ballots: Vec<(Arc<Upstream>, String, Answer)>,
+        winner: usize,
+    ) -> Routed {
+        let (_, key, answer) = ballots.swap_remove(winner);
+        let mut backers = 1;
+        for (up, k, _) in ballots {
+            if k == key {
+                backers += 1;
+            } else {
+                tracing::warn!(
+                    upstream = %up.name(),
+                    method = call.method(),
+                    "a transaction with another witness than the one that won"
+                );
+                self.pool.penalize(&up, Reason::BadWitness);
+            }
+        }
+        Routed::new(call, answer, backers)
     }
 
     /// `quorum`: asks `max(quorum, 2)` upstreams in step at once and answers as soon as they
@@ -222,14 +410,14 @@ impl Router {
     /// the confirmed part but their mempools still differ, the answer keeps the unconfirmed
     /// entries a majority reports ([`super::vote::settle`]); otherwise the wallet gets an error
     /// rather than an answer that may be false.
-    pub async fn quorum(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
+    pub async fn quorum(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
         let deadline = tokio::time::Instant::now() + VOTE_PATIENCE;
         let mut events = self.pool.events();
         let mut round = 0;
         loop {
             round += 1;
             let last = tokio::time::Instant::now() >= deadline;
-            match self.quorum_once(call, last).await {
+            match self.quorum_once(call, last, confirm).await {
                 Ok(answer) => return answer,
                 Err(NoMajority(e)) if last => return Err(e),
                 Err(NoMajority(e)) => {
@@ -247,7 +435,8 @@ impl Router {
         &self,
         call: &Call,
         last: bool,
-    ) -> Result<Result<Box<RawValue>, RpcError>, NoMajority> {
+        confirm: &dyn Confirm,
+    ) -> Result<Result<Routed, RpcError>, NoMajority> {
         let ranked = self.pool.ranked_for(call.info.tip);
         if ranked.is_empty() {
             return Err(NoMajority(unavailable(
@@ -264,7 +453,7 @@ impl Router {
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            inflight.push(self.ask(ranked[*next].clone(), call));
+            inflight.push(self.ask(ranked[*next].clone(), call, confirm));
             *next += 1;
         };
         while next < need {
@@ -273,21 +462,22 @@ impl Router {
         let hedge = tokio::time::sleep(self.hedge_delay(&ranked[0].0));
         tokio::pin!(hedge);
         let mut first_error = None;
-        // Every answer: the upstream, its wording, its chain state when it answered.
-        let mut answers: Vec<(Arc<Upstream>, Box<RawValue>, u32)> = Vec::new();
+        // Every answer: the upstream, its wording (and the block a proof was checked against),
+        // its chain state when it answered.
+        let mut answers: Vec<(Arc<Upstream>, Answer, u32)> = Vec::new();
         let mut keys: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 done = inflight.next() => {
                     let Some((up, res)) = done else { break };
                     match res {
-                        Ok(raw) => {
+                        Ok(answer) => {
                             let height = up.tip().map(|t| t.height).unwrap_or(0);
-                            let key = vote_key(call, &raw);
+                            let key = vote_key(call, &answer.0);
                             if !keys.contains(&key) {
                                 keys.push(key);
                             }
-                            answers.push((up, raw, height));
+                            answers.push((up, answer, height));
                             if keys.len() == 1 && answers.len() >= need {
                                 break;
                             }
@@ -343,7 +533,7 @@ impl Router {
         let ballots = |key: &dyn Fn(&RawValue) -> String| -> Vec<Ballot> {
             answers
                 .iter()
-                .map(|(u, raw, height)| Ballot {
+                .map(|(u, (raw, _), height)| Ballot {
                     upstream: u.id,
                     height: *height,
                     key: key(raw),
@@ -353,22 +543,26 @@ impl Router {
         let whole = ballots(&|raw| vote_key(call, raw));
         let outcome = tally(&whole);
         if let Some(winner) = outcome.winner {
+            let won = |b: &Ballot| b.key == winner && decided_at(outcome.height, b.height);
+            let backers = whole.iter().filter(|b| won(b)).count();
             let chosen = answers
                 .iter()
                 .zip(&whole)
-                .find(|(_, b)| b.key == winner && decided_at(outcome.height, b.height))
-                .map(|((_, raw, _), _)| raw.clone());
+                .find(|(_, b)| won(b))
+                .map(|((_, answer, _), _)| answer.clone());
             // Outvoted upstreams are penalised only when their confirmed part differs: honest
             // mempools differ for a while after a transaction (one server saw it first).
-            let winning_confirmed = chosen.as_ref().map(|raw| confirmed_key(call, raw));
-            for (up, raw, _) in &answers {
+            let winning_confirmed = chosen.as_ref().map(|(raw, _)| confirmed_key(call, raw));
+            for (up, (raw, _), _) in &answers {
                 if outcome.outvoted.contains(&up.id)
                     && winning_confirmed.as_deref() != Some(confirmed_key(call, raw).as_str())
                 {
                     self.pool.penalize(up, Reason::VoteMinority);
                 }
             }
-            return Ok(chosen.ok_or_else(|| unavailable("every upstream failed")));
+            return Ok(chosen
+                .map(|answer| Routed::new(call, answer, backers))
+                .ok_or_else(|| unavailable("every upstream failed")));
         }
         if last {
             // Honest mempools may still differ: settle on the confirmed part.
@@ -380,16 +574,16 @@ impl Router {
                     .iter()
                     .zip(&confirmed)
                     .filter(|(_, b)| b.key == winner && at(b))
-                    .map(|((_, raw, _), _)| &**raw)
+                    .map(|((_, (raw, _), _), _)| &**raw)
                     .collect();
                 let all: Vec<&RawValue> = answers
                     .iter()
                     .zip(&confirmed)
                     .filter(|(_, b)| at(b))
-                    .map(|((_, raw, _), _)| &**raw)
+                    .map(|((_, (raw, _), _), _)| &**raw)
                     .collect();
                 if let Some(answer) = settle(call, &agreed, &all) {
-                    return Ok(Ok(answer));
+                    return Ok(Ok(Routed::new(call, (answer, None), agreed.len())));
                 }
             }
         }
@@ -405,12 +599,12 @@ impl Router {
     /// the honest ones; "no estimate" wins only when most upstreams say so), objects field by
     /// field. Without a consensus an estimate is `-1` ("no estimate") and any other fee figure
     /// an error.
-    pub async fn median(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
+    pub async fn median(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
         let answers: Vec<_> = self
             .pool
             .ranked_for(true)
             .into_iter()
-            .map(|target| self.ask(target, call))
+            .map(|target| self.ask(target, call, confirm))
             .collect::<FuturesUnordered<_>>()
             .collect()
             .await;
@@ -418,7 +612,7 @@ impl Router {
         let mut first_error = None;
         for (_, res) in answers {
             match res {
-                Ok(raw) => match serde_json::from_str::<Value>(raw.get()) {
+                Ok((raw, _)) => match serde_json::from_str::<Value>(raw.get()) {
                     Ok(v) => values.push(v),
                     Err(_) => continue,
                 },
@@ -441,7 +635,10 @@ impl Router {
                 ))
             }
         };
-        serde_json::value::to_raw_value(&answer).map_err(|e| RpcError::internal(e.to_string()))
+        let raw = serde_json::value::to_raw_value(&answer)
+            .map_err(|e| RpcError::internal(e.to_string()))?;
+        // A median stands for no one upstream's bytes: never corroborated.
+        Ok(Routed::new(call, (raw, None), 1))
     }
 
     /// `broadcast`: sends to every connected upstream (so the transaction reaches them all),
@@ -603,6 +800,24 @@ mod tests {
             most_common(&[e("a"), e("b")]).map(|e| e.message),
             Some("a".to_string())
         );
+    }
+
+    #[test]
+    fn a_corroborated_answer_needs_two_and_a_majority() {
+        use Corroborated::*;
+        assert_eq!(corroborated(&[], true), AskMore);
+        assert_eq!(corroborated(&["a"], false), AskMore);
+        assert_eq!(corroborated(&["a"], true), Alone);
+        assert_eq!(corroborated(&["a", "a"], false), Agreed(0));
+        // A mismatch: a third decides.
+        assert_eq!(corroborated(&["x", "a"], false), AskMore);
+        assert_eq!(corroborated(&["x", "a"], true), Split);
+        assert_eq!(corroborated(&["x", "a", "a"], false), Agreed(1));
+        assert_eq!(corroborated(&["x", "a", "y"], false), AskMore);
+        assert_eq!(corroborated(&["x", "a", "y"], true), Split);
+        // Two of four is no strict majority.
+        assert_eq!(corroborated(&["x", "x", "a", "a"], true), Split);
+        assert_eq!(corroborated(&["x", "a", "a", "a", "x"], false), Agreed(1));
     }
 
     #[test]

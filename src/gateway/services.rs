@@ -4,7 +4,14 @@
 //! [`Core::read`] is the one way to answer a routed read: from the cache when the call's row
 //! allows and a valid answer is there, else through the router (which asks upstreams through
 //! the pool's checked call), with the protocol fallbacks the row names; what passed goes into
-//! the cache.
+//! the cache, a proof filed under the block it was checked against, a transaction whose
+//! witness no second upstream corroborated never.
+//!
+//! An `id_from_pos` answer (the row's `Check::TxAtPosition`) is not proven by its branch
+//! alone ([`crate::verify::check_position_tx`]): each upstream's answer must also name a real
+//! transaction, which `Core::read` fetches through itself (checked, voted on and cached like a
+//! wallet's `transaction.get`) before the answer counts; an answer that fails is that
+//! upstream's failure and the router asks the next one.
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -15,12 +22,15 @@ use tokio_util::sync::CancellationToken;
 use super::cache::AnswerCache;
 use super::hub::Hub;
 use super::pool::Pool;
-use super::router::Router;
+use super::router::{Confirm, NoConfirm, Routed, Router};
+use super::upstream::Upstream;
+use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::metrics::{Counters, Metrics, Snapshot, Subscriptions};
 use crate::protocol::error::{BAD_REQUEST, METHOD_NOT_FOUND};
-use crate::protocol::methods::Fallback;
+use crate::protocol::methods::{Check, Fallback};
 use crate::protocol::{from_raw, Args, Call, RpcError};
+use crate::verify::{check_position_tx, position_txid, Reason, Verdict};
 
 /// Everything a session needs, shared by all sessions.
 pub struct Core {
@@ -46,6 +56,33 @@ pub struct Core {
 
 fn raw<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, RpcError> {
     serde_json::value::to_raw_value(v).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+/// An answer the gateway composed from other answers (a fallback): no proof, no witness.
+fn composed(raw: Box<RawValue>) -> Routed {
+    Routed {
+        raw,
+        block: None,
+        uncorroborated: false,
+    }
+}
+
+/// The step an `id_from_pos` answer passes after its branch is checked: the transaction it
+/// names must be real and fit the position ([`Core::confirm_position`]).
+struct PositionConfirm<'a> {
+    core: &'a Core,
+    pos: u32,
+}
+
+impl Confirm for PositionConfirm<'_> {
+    fn confirm<'a>(
+        &'a self,
+        up: &'a Arc<Upstream>,
+        client: &'a Client,
+        raw: &'a RawValue,
+    ) -> futures::future::BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(self.core.confirm_position(up, client, self.pos, raw))
+    }
 }
 
 impl Core {
@@ -113,21 +150,84 @@ impl Core {
     pub async fn read(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
         let tracker = self.pool.tracker();
         let Some(key) = call.cache_key() else {
-            return self.fetch(call).await;
+            return Ok(self.fetch(call).await?.raw);
         };
         if let Some(hit) = self.cache.get(tracker, &key) {
             self.metrics.cache_hit(call.method());
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
-        let v = self.fetch(call).await?;
-        self.cache.put(tracker, call, key, &v);
-        Ok(v)
+        let routed = self.fetch(call).await?;
+        if !routed.uncorroborated {
+            self.cache
+                .put(tracker, call, key, &routed.raw, routed.block);
+        }
+        Ok(routed.raw)
     }
 
-    /// Routes a call, and its fallback when upstreams do not know the method.
-    async fn fetch(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        let res = self.router.route(call).await;
+    /// Checks the transaction an `id_from_pos` answer of `up` names for position `pos`
+    /// ([`check_position_tx`]), read through [`Core::read`] like a wallet's
+    /// `transaction.get`. When no upstream gives it, the upstream that named it is asked
+    /// itself: naming a transaction it cannot produce proves its answer false. Transport
+    /// failures are not held against it.
+    async fn confirm_position(
+        &self,
+        up: &Arc<Upstream>,
+        client: &Client,
+        pos: u32,
+        answer: &RawValue,
+    ) -> Result<(), ClientError> {
+        let refused =
+            |why: &str| ClientError::Protocol(format!("id_from_pos answer refused: {why}"));
+        let Some(txid) = position_txid(answer) else {
+            return Err(refused("no txid"));
+        };
+        let tx_call = self
+            .internal_call("blockchain.transaction.get", vec![json!(txid.to_string())])
+            .map_err(ClientError::Rpc)?;
+        let tx = match self.read(&tx_call).await {
+            Ok(tx) => tx,
+            Err(_) => {
+                let tracker = self.pool.tracker();
+                let asked = self
+                    .pool
+                    .ask(up, client, tx_call.method(), tx_call.params(), |r| {
+                        crate::verify::check(tracker, &tx_call, r)
+                    })
+                    .await;
+                match asked {
+                    Ok(tx) => tx,
+                    Err(ClientError::Rpc(_)) => {
+                        self.pool.penalize(up, Reason::BadMerkle);
+                        return Err(refused("it names a transaction nobody has"));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match check_position_tx(pos, &tx) {
+            Verdict::False(e) => {
+                self.pool.penalize(up, Reason::from(&e));
+                Err(refused(&e.to_string()))
+            }
+            Verdict::Unverifiable(why) => Err(refused(&why)),
+            Verdict::Proven | Verdict::ProvenIn(_) => Ok(()),
+        }
+    }
+
+    /// Routes a call (an `id_from_pos` answer confirmed by its transaction), and its fallback
+    /// when upstreams do not know the method.
+    async fn fetch(&self, call: &Call) -> Result<Routed, RpcError> {
+        let res = match (call.info.check, &call.args) {
+            (Check::TxAtPosition, Args::IdFromPos { pos, .. }) => {
+                let confirm = PositionConfirm {
+                    core: self,
+                    pos: *pos,
+                };
+                self.router.route_with(call, &confirm).await
+            }
+            _ => self.router.route_with(call, &NoConfirm).await,
+        };
         let Some(fallback) = call.info.fallback else {
             return res;
         };
@@ -140,7 +240,7 @@ impl Core {
             call.as_method(method, args)
                 .ok_or_else(|| RpcError::internal(format!("{method} is not in the catalogue")))
         };
-        match fallback {
+        let answer = match fallback {
             Fallback::RelayFeeFromMempoolInfo if unknown => {
                 let info = self
                     .router
@@ -193,7 +293,8 @@ impl Core {
                 _ => Err(e),
             },
             _ => Err(e),
-        }
+        };
+        answer.map(composed)
     }
 
     /// The gateway's state now, for metrics, the status page, the admin API and tests.

@@ -4,7 +4,10 @@
 //! Everything a client can check is real: headers link to the real regtest genesis block and
 //! carry proof of work at regtest difficulty, merkle roots commit to the transactions, txids
 //! are hashes of real serialized transactions. Nothing a client cannot check is simulated:
-//! input scripts carry dummy signatures and no witness, and scripts are never executed.
+//! signatures are dummies of realistic sizes and scripts are never executed. Inputs are
+//! shaped by the kind of output they spend, as a real wallet's are: a P2PKH spend has a
+//! script_sig, a P2WPKH, P2WSH or P2TR spend an empty script_sig and a witness, a P2SH-P2WPKH
+//! spend the push of its witness program and a witness. Coinbases carry no witness.
 //!
 //! Randomness comes from a seeded splitmix64 generator owned by the chain, so the same seed
 //! and the same sequence of operations give the same block hashes.
@@ -17,7 +20,7 @@ use bitcoin::{
     absolute::LockTime, transaction::Version, Amount, CompactTarget, Network, OutPoint, ScriptBuf,
     Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use super::addresses::{parse_regtest_address, ADDRESSES};
@@ -105,6 +108,77 @@ fn spend_input(op: OutPoint) -> TxIn {
     }
 }
 
+/// A DER signature's size with its sighash byte; not a valid signature.
+fn dummy_ecdsa_sig() -> Vec<u8> {
+    let mut sig = vec![0x30u8; 72];
+    sig[71] = 0x01;
+    sig
+}
+
+/// How the sim's wallet spends an output of each documented address, by scripthash: the
+/// script_sig and the witness, with the address's real public key and scripts and dummy
+/// signatures.
+fn unlocking() -> &'static HashMap<Sh, (ScriptBuf, Witness)> {
+    static SPENDS: OnceLock<HashMap<Sh, (ScriptBuf, Witness)>> = OnceLock::new();
+    SPENDS.get_or_init(|| {
+        use bitcoin::secp256k1::{Secp256k1, SecretKey};
+        let secp = Secp256k1::new();
+        let mut out = HashMap::new();
+        for (a, script) in ADDRESSES.iter().zip(wallet_scripts()) {
+            let mut key = [0u8; 32];
+            key[31] = a.key;
+            let Ok(sk) = SecretKey::from_slice(&key) else {
+                continue;
+            };
+            let pk = bitcoin::CompressedPublicKey(sk.public_key(&secp));
+            let pk_bytes = pk.to_bytes();
+            let sig = dummy_ecdsa_sig();
+            let (script_sig, witness) = match a.kind {
+                "p2wpkh" => (
+                    ScriptBuf::new(),
+                    Witness::from_slice(&[&sig[..], &pk_bytes]),
+                ),
+                "p2sh-p2wpkh" => {
+                    let program = ScriptBuf::new_p2wpkh(&pk.wpubkey_hash());
+                    let push = PushBytesBuf::try_from(program.into_bytes()).unwrap_or_default();
+                    (
+                        Builder::new().push_slice(push).into_script(),
+                        Witness::from_slice(&[&sig[..], &pk_bytes]),
+                    )
+                }
+                "p2wsh" => {
+                    let ws = Builder::new()
+                        .push_slice(pk_bytes)
+                        .push_opcode(bitcoin::opcodes::all::OP_CHECKSIG)
+                        .into_script();
+                    (
+                        ScriptBuf::new(),
+                        Witness::from_slice(&[&sig[..], ws.as_bytes()]),
+                    )
+                }
+                "p2tr" => (ScriptBuf::new(), Witness::from_slice(&[[0x5c; 64]])),
+                _ => (dummy_script_sig(), Witness::new()),
+            };
+            out.insert(script_sh(script), (script_sig, witness));
+        }
+        out
+    })
+}
+
+/// Fills every input's script_sig and witness the way the output it spends requires (looked
+/// up in `view`); an output the wallet does not know is spent like a P2PKH one.
+fn sign(tx: &mut Transaction, view: &View) {
+    for input in &mut tx.input {
+        let shape = view
+            .output_sh(&input.previous_output)
+            .and_then(|sh| unlocking().get(&sh));
+        if let Some((script_sig, witness)) = shape {
+            input.script_sig = script_sig.clone();
+            input.witness = witness.clone();
+        }
+    }
+}
+
 /// Builds a block on `prev` at `height`: a BIP34 coinbase tagged with `tag` paying the
 /// subsidy plus `fees` to `payout`, then `txs`; grinds the nonce until the proof of work holds.
 fn make_block(
@@ -171,9 +245,15 @@ pub(crate) fn stray_block(prev: &SimBlock, height: u32) -> SimBlock {
     make_block(prev, height, b"deep-fork", payout, Vec::new(), 0, 7)
 }
 
-/// Builds a wallet transaction spending `inputs` to 1..=3 random documented addresses plus
-/// change, at `feerate` sat/vB. Returns `None` when the inputs are too small.
-fn random_spend(rng: &mut Rng, inputs: &[(OutPoint, u64)], feerate: u64) -> Option<Transaction> {
+/// Builds a wallet transaction spending `inputs` (outputs of `view`) to 1..=3 random
+/// documented addresses plus change, at `feerate` sat/vB. Returns `None` when the inputs are
+/// too small.
+fn random_spend(
+    rng: &mut Rng,
+    view: &View,
+    inputs: &[(OutPoint, u64)],
+    feerate: u64,
+) -> Option<Transaction> {
     let scripts = wallet_scripts();
     let total: u64 = inputs.iter().map(|(_, v)| v).sum();
     let n_pay = 1 + rng.below(3) as usize;
@@ -200,6 +280,7 @@ fn random_spend(rng: &mut Rng, inputs: &[(OutPoint, u64)], feerate: u64) -> Opti
         input: inputs.iter().map(|(op, _)| spend_input(*op)).collect(),
         output: outputs,
     };
+    sign(&mut tx, view);
     let fee = tx.vsize() as u64 * feerate;
     let change = total.checked_sub(paid)?.checked_sub(fee)?;
     if change < DUST || outputs_too_small(&tx) {
@@ -254,7 +335,7 @@ impl Chain {
                     break;
                 }
                 let feerate = 1 + rng.below(25);
-                if let Some(tx) = random_spend(&mut rng, &inputs, feerate) {
+                if let Some(tx) = random_spend(&mut rng, &base, &inputs, feerate) {
                     chosen.extend(inputs.iter().map(|(op, _)| *op));
                     fees += inputs.iter().map(|(_, v)| v).sum::<u64>()
                         - tx.output.iter().map(|o| o.value.to_sat()).sum::<u64>();
@@ -276,7 +357,7 @@ impl Chain {
                 break;
             }
             let feerate = 1 + rng.below(25);
-            if let Some(tx) = random_spend(&mut rng, &inputs, feerate) {
+            if let Some(tx) = random_spend(&mut rng, &main, &inputs, feerate) {
                 chosen.extend(inputs.iter().map(|(op, _)| *op));
                 let _ = main.add_mempool(Arc::new(tx));
             }
@@ -292,7 +373,7 @@ impl Chain {
             }
             let pick = candidates[rng.below(candidates.len() as u64) as usize];
             let feerate = 1 + rng.below(25);
-            if let Some(tx) = random_spend(&mut rng, &[pick], feerate) {
+            if let Some(tx) = random_spend(&mut rng, &main, &[pick], feerate) {
                 let _ = main.add_mempool(Arc::new(tx));
             }
         }
@@ -431,6 +512,7 @@ impl Chain {
                 },
             ],
         };
+        sign(&mut tx, &self.main);
         let fee = tx.vsize() as u64 * feerate;
         let change = value
             .checked_sub(sats)
@@ -617,6 +699,7 @@ mod tests {
         );
         let mut several_outputs = false;
         let mut spends = 0;
+        let mut witnesses = 0;
         for (h, b) in view.blocks().iter().enumerate() {
             assert_eq!(b.header.block_hash(), b.hash);
             assert!(
@@ -637,7 +720,15 @@ mod tests {
             };
             assert!(block.check_merkle_root(), "merkle root at {h}");
             for (tx, txid) in b.txs.iter().zip(&b.txids) {
-                let bytes = bitcoin::consensus::serialize(&**tx);
+                // The txid is the hash of the serialization without the witness.
+                let mut stripped = (**tx).clone();
+                witnesses += stripped
+                    .input
+                    .iter()
+                    .filter(|i| !i.witness.is_empty())
+                    .count();
+                stripped.input.iter_mut().for_each(|i| i.witness.clear());
+                let bytes = bitcoin::consensus::serialize(&stripped);
                 let mut hash = bitcoin::hashes::sha256d::Hash::hash(&bytes).to_byte_array();
                 hash.reverse();
                 assert_eq!(
@@ -652,6 +743,10 @@ mod tests {
         assert!(
             spends > 50,
             "the chain has spending transactions ({spends})"
+        );
+        assert!(
+            witnesses > 20,
+            "segwit spends carry witnesses ({witnesses})"
         );
         let mem = view.mempool();
         assert!(mem.len() >= 4, "mempool at startup: {}", mem.len());

@@ -63,6 +63,22 @@ pub struct Faults {
     /// `flood=N`: every scripthash subscription is followed by N notifications of statuses
     /// that alternate (and match nothing).
     pub flood: Option<u64>,
+    /// `inner-node`: `id_from_pos` names an inner node of the block's merkle tree as the
+    /// transaction at the position, with the shorter branch that folds from that node to the
+    /// block's merkle root (at position 0 of a block of two or more transactions: the merkle
+    /// root itself, with an empty branch). The branch length is not bound to the tree's depth,
+    /// so the fold alone passes; no transaction hashes to the node. Positions no inner node
+    /// can stand for (the right half of the tree, a one-transaction block) are answered
+    /// honestly.
+    pub inner_node: bool,
+    /// `strip-witness`: `transaction.get` (raw and verbose) serves segwit transactions without
+    /// their witness. The txid does not change; the wtxid, size and weight do, and the
+    /// signatures are gone.
+    pub strip_witness: bool,
+    /// `alter-witness`: `transaction.get` (raw and verbose) serves segwit transactions with a
+    /// witness byte flipped (the last byte of the first witness element). The txid does not
+    /// change; the wtxid does. Transactions without a witness are served honestly.
+    pub alter_witness: bool,
     /// `flap=SECONDS`: the endpoint alternates SECONDS down and SECONDS up.
     pub flap_secs: Option<u64>,
     /// `version=V`: the highest protocol version the endpoint speaks (e.g. `1.4` like electrs).
@@ -134,6 +150,9 @@ impl Faults {
             "stall-subscribe" => self.stall_subscribe = flag(value)?,
             "flood" => self.flood = Some(num(value)?),
             "fee-factor" => self.fee_factor = Some(num(value)?),
+            "inner-node" => self.inner_node = flag(value)?,
+            "strip-witness" => self.strip_witness = flag(value)?,
+            "alter-witness" => self.alter_witness = flag(value)?,
             "flap" => {
                 let secs = num(value)?;
                 if secs == 0 {
@@ -220,6 +239,9 @@ impl fmt::Display for Faults {
             (self.hide_mempool, "hide-mempool"),
             (self.silent, "silent"),
             (self.stall_subscribe, "stall-subscribe"),
+            (self.inner_node, "inner-node"),
+            (self.strip_witness, "strip-witness"),
+            (self.alter_witness, "alter-witness"),
         ] {
             if on {
                 items.push(name.into());
@@ -322,13 +344,14 @@ mod tests {
         assert!(!e.faults.lie_history);
 
         let e: EndpointSpec =
-            "ssl://localhost:0,drop-after=3,stall,lag=2,fork=4,deep-fork=3000,lie-history,bad-merkle,bad-header,wrong-tx,flap=5,version=1.4,software=electrs/0.11"
+            "ssl://localhost:0,drop-after=3,stall,lag=2,fork=4,deep-fork=3000,lie-history,bad-merkle,bad-header,wrong-tx,inner-node,strip-witness,alter-witness,flap=5,version=1.4,software=electrs/0.11"
                 .parse()
                 .unwrap();
         assert_eq!(e.url.scheme, Scheme::Ssl);
         let f = &e.faults;
         assert_eq!(f.drop_after, Some(3));
         assert!(f.stall && f.lie_history && f.bad_merkle && f.bad_header && f.wrong_tx);
+        assert!(f.inner_node && f.strip_witness && f.alter_witness);
         assert_eq!((f.lag, f.fork, f.flap_secs), (2, 4, Some(5)));
         assert_eq!(f.deep_fork, Some(3000));
         assert_eq!(f.protocol_max(), (1, 4, 0));

@@ -13,7 +13,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use super::faults::Faults;
-use super::view::{hash_hex, merkle_branch, parse_sh, sh_hex, status, HistEntry, Sh, View};
+use super::view::{
+    hash_hex, inner_node_claim, merkle_branch, parse_sh, sh_hex, status, HistEntry, Sh, View,
+};
 use super::{lock, Inner};
 use crate::protocol::methods::{format_version, lookup, negotiate, PROTOCOL_MIN};
 use crate::protocol::{Request, RpcError};
@@ -440,8 +442,9 @@ impl Call<'_> {
         } else {
             (loc.tx.clone(), loc.block)
         };
+        let tx = served_tx(self.faults, &tx);
         if !verbose {
-            return Ok(json!(serialize_hex(&*tx)));
+            return Ok(json!(serialize_hex(&tx)));
         }
         Ok(verbose_tx(&view, &tx, block))
     }
@@ -500,6 +503,16 @@ impl Call<'_> {
                     "no tx at position {pos} in block at height {height}"
                 ))
             })?;
+        if self.faults.inner_node {
+            let leaves: Vec<[u8; 32]> = block.txids.iter().map(|t| t.to_byte_array()).collect();
+            if let Some((node, branch)) = inner_node_claim(&leaves, pos as usize) {
+                if !merkle {
+                    return Ok(json!(hash_hex(&node)));
+                }
+                let branch: Vec<String> = branch.iter().map(hash_hex).collect();
+                return Ok(json!({"tx_hash": hash_hex(&node), "merkle": branch}));
+            }
+        }
         if !merkle {
             return Ok(json!(txid.to_string()));
         }
@@ -646,6 +659,25 @@ fn header_proof(view: &View, height: u32, cp: u32) -> Result<(Vec<String>, Strin
     let leaves = view.block_hashes(cp);
     let (branch, root) = merkle_branch(&leaves, height as usize);
     Ok((branch.iter().map(hash_hex).collect(), hash_hex(&root)))
+}
+
+/// A transaction as served: without its witness under `strip-witness`, with the last byte of
+/// its first witness element flipped under `alter-witness`.
+fn served_tx(faults: &Faults, tx: &Transaction) -> Transaction {
+    let mut tx = tx.clone();
+    if faults.strip_witness {
+        tx.input.iter_mut().for_each(|i| i.witness.clear());
+    }
+    if faults.alter_witness {
+        if let Some(input) = tx.input.iter_mut().find(|i| !i.witness.is_empty()) {
+            let mut elements = input.witness.to_vec();
+            if let Some(byte) = elements.first_mut().and_then(|e| e.last_mut()) {
+                *byte ^= 0x01;
+            }
+            input.witness = bitcoin::Witness::from_slice(&elements);
+        }
+    }
+    tx
 }
 
 /// A different transaction than `txid`: the coinbase of the first block that does not hold it.

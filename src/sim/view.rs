@@ -400,6 +400,14 @@ impl View {
             .map(|(op, (v, sh))| (op, *v, sh))
     }
 
+    /// The scripthash of an unspent output, confirmed or in the mempool.
+    pub fn output_sh(&self, op: &OutPoint) -> Option<Sh> {
+        self.utxos
+            .get(op)
+            .map(|u| u.sh)
+            .or_else(|| self.mempool_outputs.get(op).map(|(_, sh)| *sh))
+    }
+
     /// Block hashes of heights `0..=upto` in internal byte order.
     pub fn block_hashes(&self, upto: u32) -> Vec<[u8; 32]> {
         self.blocks[..=(upto as usize).min(self.blocks.len() - 1)]
@@ -470,6 +478,49 @@ pub(crate) fn merkle_branch(leaves: &[[u8; 32]], mut index: usize) -> (Vec<[u8; 
     (branch, level[0])
 }
 
+/// The levels of a block's merkle tree, leaves first, root last; each level as it is before
+/// its odd last node is duplicated.
+fn merkle_levels(leaves: &[[u8; 32]]) -> Vec<Vec<[u8; 32]>> {
+    let mut levels = vec![leaves.to_vec()];
+    while let Some(level) = levels.last().filter(|l| l.len() > 1) {
+        let mut padded = level.clone();
+        if padded.len() % 2 == 1 {
+            padded.push(padded[padded.len() - 1]);
+        }
+        let next = padded
+            .chunks(2)
+            .map(|pair| {
+                let mut buf = [0u8; 64];
+                buf[..32].copy_from_slice(&pair[0]);
+                buf[32..].copy_from_slice(&pair[1]);
+                sha256d::Hash::hash(&buf).to_byte_array()
+            })
+            .collect();
+        levels.push(next);
+    }
+    levels
+}
+
+/// A forged claim for position `index`: the highest inner node of the tree that stands at
+/// `index` of its level, and the branch from it to the root. It folds to the root at `index`
+/// like a leaf would, with a branch shorter than the tree's depth. `None` when no inner node
+/// stands at `index` (a one-leaf tree, or an index in the right part of the leaves).
+pub(crate) fn inner_node_claim(
+    leaves: &[[u8; 32]],
+    index: usize,
+) -> Option<([u8; 32], Vec<[u8; 32]>)> {
+    let levels = merkle_levels(leaves);
+    let k = (1..levels.len()).rev().find(|k| index < levels[*k].len())?;
+    let mut branch = Vec::new();
+    let mut i = index;
+    for level in &levels[k..levels.len() - 1] {
+        let sibling = level.get(i ^ 1).or_else(|| level.last())?;
+        branch.push(*sibling);
+        i /= 2;
+    }
+    Some((levels[k][index], branch))
+}
+
 /// Folds a branch from a leaf at `index` to the root (the check a client performs).
 #[cfg(test)]
 pub(crate) fn merkle_fold(leaf: [u8; 32], branch: &[[u8; 32]], mut index: usize) -> [u8; 32] {
@@ -516,6 +567,27 @@ mod tests {
                 let (branch, r) = merkle_branch(&leaves, i);
                 assert_eq!(r, root, "n={n} i={i}");
                 assert_eq!(merkle_fold(leaves[i], &branch, i), root, "n={n} i={i}");
+            }
+        }
+    }
+
+    #[test]
+    fn inner_node_claims_fold_to_the_root_with_a_short_branch() {
+        for n in 1..12usize {
+            let leaves: Vec<[u8; 32]> = (0..n)
+                .map(|i| sha256d::Hash::hash(&[i as u8]).to_byte_array())
+                .collect();
+            let (full, root) = merkle_branch(&leaves, 0);
+            assert_eq!(inner_node_claim(&leaves, 0).is_some(), n > 1, "n={n}");
+            if n > 1 {
+                assert_eq!(inner_node_claim(&leaves, 0), Some((root, Vec::new())));
+            }
+            for i in 0..n {
+                if let Some((node, branch)) = inner_node_claim(&leaves, i) {
+                    assert!(branch.len() < full.len(), "n={n} i={i}");
+                    assert!(!leaves.contains(&node), "n={n} i={i}");
+                    assert_eq!(merkle_fold(node, &branch, i), root, "n={n} i={i}");
+                }
             }
         }
     }

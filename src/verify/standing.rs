@@ -31,6 +31,9 @@ pub enum Reason {
     Silent,
     /// It sent notifications faster than they could be taken (its connection was closed).
     Flood,
+    /// A transaction's witness differs from the one the other upstreams' majority returns
+    /// (the txid does not cover it), or a verbose answer's wtxid is not its transaction's.
+    BadWitness,
     /// Header chain: a chain that does not start at the network's genesis.
     BadGenesis,
     /// Header chain: a header that does not link to its parent.
@@ -65,6 +68,7 @@ impl Reason {
         Reason::Stalled,
         Reason::Silent,
         Reason::Flood,
+        Reason::BadWitness,
         Reason::BadGenesis,
         Reason::BadLink,
         Reason::BadTarget,
@@ -90,6 +94,7 @@ impl Reason {
             Reason::Stalled => "stalled",
             Reason::Silent => "silent",
             Reason::Flood => "flood",
+            Reason::BadWitness => "bad_witness",
             Reason::BadGenesis => "bad_genesis",
             Reason::BadLink => "bad_link",
             Reason::BadTarget => "bad_target",
@@ -119,6 +124,8 @@ impl From<&VerifyError> for Reason {
             VerifyError::BadStatus => Reason::BadStatus,
             VerifyError::HistoryMismatch(_) => Reason::HistoryMismatch,
             VerifyError::BadBroadcast(_) => Reason::BadBroadcast,
+            VerifyError::BadWitness(_) => Reason::BadWitness,
+            VerifyError::OtherBlock(_) => Reason::BadMerkle,
         }
     }
 }
@@ -275,6 +282,8 @@ mod tests {
             VerifyError::BadStatus,
             VerifyError::HistoryMismatch(s()),
             VerifyError::BadBroadcast(s()),
+            VerifyError::BadWitness(s()),
+            VerifyError::OtherBlock(s()),
         ] {
             assert_eq!(Reason::from(&e).as_str(), e.reason());
         }
