@@ -93,6 +93,7 @@ impl Interop {
         cfg.listen.tcp = "127.0.0.1:0".into();
         cfg.listen.tls = String::new();
         cfg.listen.http = String::new();
+        common::init_logs();
         let gw = Gateway::start(cfg).await.expect("gateway");
         assert!(
             gw.wait_connected(3, electrumx::SYNC_WAIT).await,

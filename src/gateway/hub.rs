@@ -292,10 +292,14 @@ impl Hub {
             // Fill the watcher set from the upstreams in step.
             let mut filled = false;
             let mut closing = false;
-            while watchers.len() < self.watchers_wanted() {
+            // Each upstream is tried at most once per pass, so a failing one is never retried
+            // in a tight loop; the next pass comes with a pool event or the refill timer.
+            let mut tried: Vec<usize> = Vec::new();
+            while watchers.len() < self.watchers_wanted() && !self.pool.is_shutting_down() {
                 let now = Instant::now();
                 shunned.retain(|_, until| *until > now);
-                let watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
+                let mut watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
+                watching.extend(&tried);
                 let mut exclude = watching.clone();
                 exclude.extend(shunned.keys());
                 // Upstreams that failed this scripthash lately come last, not never: with too few
@@ -307,6 +311,7 @@ impl Hub {
                 else {
                     break;
                 };
+                tried.push(up.id);
                 let watched = tokio::select! {
                     w = self.watch(&entry, up.clone(), client) => w,
                     _ = entry.closed.notified() => {
@@ -327,7 +332,7 @@ impl Hub {
                     }
                 }
             }
-            if closing {
+            if closing || self.pool.is_shutting_down() {
                 break;
             }
             ever |= filled;
@@ -340,17 +345,34 @@ impl Hub {
                 (i, v) = next_status(&mut watchers) => match v {
                     Some(status) => {
                         let w = &mut watchers[i];
-                        if self.vet(&w.up, &w.client, &entry.scripthash, &status).await {
-                            w.status = Some(status);
-                            w.arbitrated = false;
-                        } else {
-                            self.drop_watcher(&mut watchers, i, &mut shunned);
+                        match self.vet(&w.up, &w.client, &entry.scripthash, &status).await {
+                            Vet::Sound => {
+                                w.status = Some(status);
+                                w.arbitrated = false;
+                                w.mismatches = 0;
+                            }
+                            // The history moved on between the status and the history, or the
+                            // status is false: not taken; the next notification decides. The
+                            // same again and again is a lie.
+                            Vet::Mismatch if w.mismatches + 1 < MISMATCH_STRIKES => {
+                                w.mismatches += 1;
+                            }
+                            Vet::Mismatch => {
+                                self.pool.penalize(&w.up, Reason::BadStatus);
+                                self.drop_watcher(&mut watchers, i, &mut shunned);
+                            }
+                            Vet::False => self.drop_watcher(&mut watchers, i, &mut shunned),
                         }
                     }
                     // The subscription ended (connection lost or replaced): move it.
                     None => self.drop_watcher(&mut watchers, i, &mut shunned),
                 },
-                _ = events.recv() => {
+                ev = events.recv() => {
+                    if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed))
+                        || self.pool.is_shutting_down()
+                    {
+                        break;
+                    }
                     // A watcher fell out of step (demoted, sitting out): move it. Any change
                     // may also bring an upstream in step for a missing watcher.
                     while let Some(i) = watchers.iter().position(|w| !w.up.in_step()) {
@@ -375,6 +397,7 @@ impl Hub {
     /// [`STALL_STRIKES`] subscriptions in a row is penalised.
     async fn watch(&self, entry: &Entry, up: Arc<Upstream>, client: Client) -> Option<Watcher> {
         let params = vec![Value::String(entry.scripthash.to_string())];
+        let answered_before = up.stats().answered;
         let sub = tokio::time::timeout(
             SUBSCRIBE_PATIENCE,
             client.subscribe("blockchain.scripthash.subscribe", params),
@@ -385,23 +408,30 @@ impl Hub {
                 up.subscribe_failures.store(0, Ordering::Relaxed);
                 s
             }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_string(),
-                };
-                tracing::debug!(upstream = %up.name(), error = %why, "subscribe failed");
-                let strikes = up.subscribe_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if strikes >= STALL_STRIKES {
-                    up.subscribe_failures.store(0, Ordering::Relaxed);
-                    self.pool.penalize(&up, Reason::Stalled);
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %up.name(), error = %e, "subscribe failed");
+                return None;
+            }
+            Err(_) => {
+                // A stall counts against the upstream only when it answered other requests
+                // meanwhile: a selective stall, not a slow or dying server.
+                let selective = up.stats().answered > answered_before && up.connected() > 0;
+                tracing::debug!(upstream = %up.name(), selective, "subscribe timed out");
+                if selective {
+                    let strikes = up.subscribe_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    if strikes >= STALL_STRIKES {
+                        up.subscribe_failures.store(0, Ordering::Relaxed);
+                        self.pool.penalize(&up, Reason::Stalled);
+                    }
                 }
                 return None;
             }
         };
         self.upstream_subs.fetch_add(1, Ordering::Relaxed);
         let initial: Value = serde_json::from_str(initial.get()).unwrap_or(Value::Bool(false));
-        if !self.vet(&up, &client, &entry.scripthash, &initial).await {
+        if self.vet(&up, &client, &entry.scripthash, &initial).await != Vet::Sound {
+            // A false status was penalised; a mismatch may be a race with a new transaction:
+            // either way another upstream is asked.
             self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
@@ -412,6 +442,7 @@ impl Hub {
             status: Some(initial),
             mempool_behind: false,
             arbitrated: false,
+            mismatches: 0,
         })
     }
 
@@ -491,12 +522,16 @@ impl Hub {
             .await;
         let mut by_status: Vec<(Value, Vec<usize>)> = Vec::new();
         // Each upstream's confirmed history, to tell a lie from a mempool that is behind.
-        let mut confirmed: HashMap<usize, Vec<crate::chain::HistoryEntry>> = HashMap::new();
+        let mut confirmed: HashMap<usize, (Vec<crate::chain::HistoryEntry>, u32)> = HashMap::new();
         for (up, res) in asked {
             let Some(history) = res.ok().and_then(|raw| parse_history(raw.get()).ok()) else {
                 continue;
             };
-            confirmed.insert(up.id, crate::chain::confirmed_part(&history, u32::MAX));
+            let tip = up.tip().map_or(0, |t| t.height);
+            confirmed.insert(
+                up.id,
+                (crate::chain::confirmed_part(&history, u32::MAX), tip),
+            );
             let status = status_hash(&history).map_or(Value::Null, Value::String);
             match by_status.iter_mut().find(|(s, _)| *s == status) {
                 Some((_, ids)) => ids.push(up.id),
@@ -525,10 +560,7 @@ impl Hub {
             // it, and it keeps watching).
             let reason = if agreeing.contains(&w.up.id) {
                 Some(Reason::Silent)
-            } else if confirmed
-                .get(&w.up.id)
-                .is_some_and(|c| Some(c) != confirmed.get(&agreeing[0]))
-            {
+            } else if differs(confirmed.get(&w.up.id), confirmed.get(&agreeing[0])) {
                 Some(Reason::HistoryMismatch)
             } else {
                 None
@@ -561,19 +593,18 @@ impl Hub {
 
     /// Checks a status a watcher announced against that upstream's own history: it must be the
     /// status of the history it returns (asked twice, as a transaction may land between the
-    /// status and the history). Returns false when the status is proven false: the upstream
-    /// has been penalised. A history it cannot give is not held against it; agreement with the
-    /// other watcher still decides what reaches wallets.
-    async fn vet(&self, up: &Upstream, client: &Client, scripthash: &str, status: &Value) -> bool {
+    /// status and the history). A history it cannot give is not held against it: agreement with
+    /// the other watcher still decides what reaches wallets.
+    async fn vet(&self, up: &Upstream, client: &Client, scripthash: &str, status: &Value) -> Vet {
         if !valid_status(status) {
             self.pool.penalize(up, Reason::BadStatus);
-            return false;
+            return Vet::False;
         }
         if !self.verify_statuses {
-            return true;
+            return Vet::Sound;
         }
         let params = vec![Value::String(scripthash.to_string())];
-        for attempt in 0..2 {
+        for _ in 0..2 {
             let asked = self
                 .pool
                 .ask(
@@ -582,7 +613,9 @@ impl Hub {
                     "blockchain.scripthash.get_history",
                     params.clone(),
                     |raw| match check_history_status(raw, status.as_str()) {
-                        Verdict::False(_) if attempt == 0 => {
+                        // A malformed history stays false (and penalised); a well-formed one
+                        // that does not hash to the status may just be newer.
+                        Verdict::False(crate::chain::VerifyError::BadStatus) => {
                             Verdict::Unverifiable("the status may have moved on".into())
                         }
                         verdict => verdict,
@@ -590,19 +623,17 @@ impl Hub {
                 )
                 .await;
             match asked {
-                Ok(_) => return true,
-                Err(ClientError::Protocol(_)) if attempt == 0 => continue,
-                // Proven false: the checked call penalised it.
-                Err(ClientError::Protocol(_)) => return false,
-                Err(_) => return true,
+                Ok(_) => return Vet::Sound,
+                Err(ClientError::Protocol(_)) => continue,
+                Err(_) => return Vet::Sound,
             }
         }
-        true
+        Vet::Mismatch
     }
 }
 
 /// How long one upstream may take to answer a subscription before another is asked.
-pub const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(3);
+pub const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(5);
 /// How long an upstream that failed a scripthash's subscription is not asked for it again.
 const SHUN_FOR: Duration = Duration::from_secs(30);
 /// Subscriptions an upstream may fail (or stall) in a row before it is penalised.
@@ -624,6 +655,35 @@ struct Watcher {
     mempool_behind: bool,
     /// `status` was set by an arbitration, not announced by this upstream.
     arbitrated: bool,
+    /// Statuses in a row that did not match its own history.
+    mismatches: u32,
+}
+
+/// What vetting made of a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vet {
+    /// The hash of the announcing upstream's history (or not checked).
+    Sound,
+    /// Not the hash of its history, twice: a race with a new transaction, or a lie.
+    Mismatch,
+    /// Proven false (not a status at all); the upstream was penalised.
+    False,
+}
+
+/// Statuses in a row that do not match the announcing upstream's history before it is
+/// penalised (honest servers miss once when a transaction lands between status and history).
+const MISMATCH_STRIKES: u32 = 3;
+
+/// True when two upstreams' confirmed histories differ on the blocks both have seen (a block
+/// one of them has not indexed yet is no difference).
+fn differs(
+    a: Option<&(Vec<crate::chain::HistoryEntry>, u32)>,
+    b: Option<&(Vec<crate::chain::HistoryEntry>, u32)>,
+) -> bool {
+    match (a, b) {
+        (Some((a, ta)), Some((b, tb))) => !crate::chain::histories_agree(a, b, (*ta).min(*tb)),
+        _ => false,
+    }
 }
 
 /// The next status any watcher announces, with the watcher's index (`None`: its subscription

@@ -208,6 +208,11 @@ impl Pool {
         });
     }
 
+    /// True once the gateway is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// Every slot.
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams

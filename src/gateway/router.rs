@@ -417,7 +417,17 @@ impl Router {
         loop {
             round += 1;
             let last = tokio::time::Instant::now() >= deadline;
-            match self.quorum_once(call, last, confirm).await {
+            // A round never outlasts the vote's patience by more than a hedge.
+            let bound =
+                deadline.saturating_duration_since(tokio::time::Instant::now()) + self.hedge_max;
+            let once = tokio::time::timeout(bound, self.quorum_once(call, last, confirm))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(NoMajority(unavailable(
+                        "upstreams in step did not answer in time",
+                    )))
+                });
+            match once {
                 Ok(answer) => return answer,
                 Err(NoMajority(e)) if last => return Err(e),
                 Err(NoMajority(e)) => {
@@ -466,7 +476,15 @@ impl Router {
         // its chain state when it answered.
         let mut answers: Vec<(Arc<Upstream>, Answer, u32)> = Vec::new();
         let mut keys: Vec<String> = Vec::new();
+        // Once answers disagree, the others get a bounded time to join the vote.
+        let mut cutoff: Option<tokio::time::Instant> = None;
         loop {
+            let until_cutoff = async {
+                match cutoff {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => futures::future::pending().await,
+                }
+            };
             tokio::select! {
                 done = inflight.next() => {
                     let Some((up, res)) = done else { break };
@@ -482,10 +500,13 @@ impl Router {
                                 break;
                             }
                             if keys.len() > 1 {
-                                // A disagreement: everyone votes.
+                                // A disagreement: everyone votes, within a bounded time.
                                 while next < ranked.len() {
                                     launch(&mut next, &mut inflight);
                                 }
+                                cutoff.get_or_insert_with(|| {
+                                    tokio::time::Instant::now() + self.hedge_max
+                                });
                             }
                         }
                         Err(e) => {
@@ -502,6 +523,7 @@ impl Router {
                     launch(&mut next, &mut inflight);
                     hedge.as_mut().reset(tokio::time::Instant::now() + self.hedge_delay(&ranked[0].0));
                 }
+                _ = until_cutoff => break,
             }
         }
         if answers.is_empty() {

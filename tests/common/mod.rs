@@ -258,6 +258,7 @@ impl Net {
 
     /// Starts the gateway in front of `upstreams` without waiting for anything.
     async fn launch(sim: Sim, upstreams: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Net {
+        init_logs();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(upstreams, dir.path());
         tweak(&mut cfg);
@@ -402,5 +403,16 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// With `TEST_LOG` set (a `RUST_LOG`-style filter such as `electrum_gateway=debug`), the
+/// gateway's logs go to the test's output.
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
     }
 }
