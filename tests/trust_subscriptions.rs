@@ -85,7 +85,25 @@ async fn a_silent_watcher_cannot_hide_a_change() {
 #[tokio::test]
 async fn a_stalled_subscribe_moves_to_another_upstream() {
     let net = Net::with_attacker("stall-subscribe").await;
+    // Another wallet reads meanwhile, so the attacker visibly answers everything but
+    // subscriptions: a selective stall, not a slow server.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reader = {
+        let (stop, addr) = (stop.clone(), net.addr());
+        tokio::spawn(async move {
+            let mut r = common::Wallet::connect(addr).await;
+            while !stop.is_cancelled() {
+                r.call(
+                    "blockchain.scripthash.get_balance",
+                    json!([ADDRESSES[0].scripthash]),
+                )
+                .await;
+            }
+        })
+    };
     let mut w = subscribe_all(&net).await;
+    stop.cancel();
+    reader.await.unwrap();
     every_payment_is_notified(&net, &mut w).await;
     assert!(
         failures(&net, Reason::Stalled) >= 1,

@@ -408,11 +408,12 @@ impl Hub {
                 up.subscribe_failures.store(0, Ordering::Relaxed);
                 s
             }
-            Ok(Err(e)) => {
+            Ok(Err(e)) if !matches!(e, ClientError::Timeout) => {
                 tracing::debug!(upstream = %up.name(), error = %e, "subscribe failed");
                 return None;
             }
-            Err(_) => {
+            // Our patience or the client's request timeout ran out.
+            _ => {
                 // A stall counts against the upstream only when it answered other requests
                 // meanwhile: a selective stall, not a slow or dying server.
                 let selective = up.stats().answered > answered_before && up.connected() > 0;
