@@ -474,7 +474,8 @@ impl Router {
         let mut first_error = None;
         // Every answer: the upstream, its wording (and the block a proof was checked against),
         // its chain state when it answered.
-        let mut answers: Vec<(Arc<Upstream>, Answer, u32)> = Vec::new();
+        // Every answer: the upstream, its answer, its chain state, and the answer's vote key.
+        let mut answers: Vec<(Arc<Upstream>, Answer, u32, String)> = Vec::new();
         let mut keys: Vec<String> = Vec::new();
         // Once answers disagree, the others get a bounded time to join the vote.
         let mut cutoff: Option<tokio::time::Instant> = None;
@@ -493,9 +494,9 @@ impl Router {
                             let height = up.tip().map(|t| t.height).unwrap_or(0);
                             let key = vote_key(call, &answer.0);
                             if !keys.contains(&key) {
-                                keys.push(key);
+                                keys.push(key.clone());
                             }
-                            answers.push((up, answer, height));
+                            answers.push((up, answer, height, key));
                             if keys.len() == 1 && answers.len() >= need {
                                 break;
                             }
@@ -534,7 +535,7 @@ impl Router {
             ));
         }
         // The best-ranked upstream's wording of an answer comes first.
-        answers.sort_by_key(|(u, _, _)| order.iter().position(|id| *id == u.id));
+        answers.sort_by_key(|(u, _, _, _)| order.iter().position(|id| *id == u.id));
         if keys.len() > 1 {
             self.stats.disagreements.fetch_add(1, Ordering::Relaxed);
             self.metrics.event(
@@ -552,17 +553,17 @@ impl Router {
                 "upstreams disagree"
             );
         }
-        let ballots = |key: &dyn Fn(&RawValue) -> String| -> Vec<Ballot> {
+        let ballots = |key: &dyn Fn(&RawValue, &str) -> String| -> Vec<Ballot> {
             answers
                 .iter()
-                .map(|(u, (raw, _), height)| Ballot {
+                .map(|(u, (raw, _), height, whole)| Ballot {
                     upstream: u.id,
                     height: *height,
-                    key: key(raw),
+                    key: key(raw, whole),
                 })
                 .collect()
         };
-        let whole = ballots(&|raw| vote_key(call, raw));
+        let whole = ballots(&|_, whole| whole.to_string());
         let outcome = tally(&whole);
         if let Some(winner) = outcome.winner {
             let won = |b: &Ballot| b.key == winner && decided_at(outcome.height, b.height);
@@ -571,11 +572,11 @@ impl Router {
                 .iter()
                 .zip(&whole)
                 .find(|(_, b)| won(b))
-                .map(|((_, answer, _), _)| answer.clone());
+                .map(|((_, answer, _, _), _)| answer.clone());
             // Outvoted upstreams are penalised only when their confirmed part differs: honest
             // mempools differ for a while after a transaction (one server saw it first).
             let winning_confirmed = chosen.as_ref().map(|(raw, _)| confirmed_key(call, raw));
-            for (up, (raw, _), _) in &answers {
+            for (up, (raw, _), _, _) in &answers {
                 if outcome.outvoted.contains(&up.id)
                     && winning_confirmed.as_deref() != Some(confirmed_key(call, raw).as_str())
                 {
@@ -588,7 +589,7 @@ impl Router {
         }
         if last {
             // Honest mempools may still differ: settle on the confirmed part.
-            let confirmed = ballots(&|raw| confirmed_key(call, raw));
+            let confirmed = ballots(&|raw, _| confirmed_key(call, raw));
             let outcome = tally(&confirmed);
             if let Some(winner) = outcome.winner {
                 let at = |b: &Ballot| decided_at(outcome.height, b.height);
@@ -596,13 +597,13 @@ impl Router {
                     .iter()
                     .zip(&confirmed)
                     .filter(|(_, b)| b.key == winner && at(b))
-                    .map(|((_, (raw, _), _), _)| &**raw)
+                    .map(|((_, (raw, _), _, _), _)| &**raw)
                     .collect();
                 let all: Vec<&RawValue> = answers
                     .iter()
                     .zip(&confirmed)
                     .filter(|(_, b)| at(b))
-                    .map(|((_, (raw, _), _), _)| &**raw)
+                    .map(|((_, (raw, _), _, _), _)| &**raw)
                     .collect();
                 if let Some(answer) = settle(call, &agreed, &all) {
                     return Ok(Ok(Routed::new(call, (answer, None), agreed.len())));
