@@ -48,7 +48,7 @@ enum Pending {
     /// A subscribe request, first or repeated after a reconnect: its answer updates the
     /// subscription table before anyone else sees it.
     Subscribe {
-        key: SubscriptionKey,
+        key: Arc<SubscriptionKey>,
         reply: oneshot::Sender<Reply>,
     },
     /// A request whose answer nobody needs (unsubscribe).
@@ -58,13 +58,16 @@ enum Pending {
 /// How a connection closed for a notification flood is described (the start of its reason).
 pub const NOTIFICATION_FLOOD: &str = "notification flood";
 
+/// Where a subscription's values go to one local subscriber.
+type SubscriberTx = futures::channel::mpsc::Sender<Value>;
+
 /// One server subscription and its local subscribers.
 struct SubEntry {
-    method: String,
-    params: Vec<Value>,
     /// The last value delivered; `None` while the first subscribe is in flight.
     last: Option<Value>,
-    subscribers: Vec<(u64, mpsc::Sender<Value>)>,
+    /// Each local subscriber's queue: a small channel that allocates per queued value, so an
+    /// idle subscription costs a few hundred bytes (many thousands are held at once).
+    subscribers: Vec<(u64, SubscriberTx)>,
     /// Subscribers that joined while the first subscribe was in flight, waiting for its
     /// answer.
     waiters: Vec<oneshot::Sender<Result<Box<RawValue>, ClientError>>>,
@@ -76,13 +79,13 @@ impl SubEntry {
     fn deliver(&mut self, value: &Value) -> bool {
         let mut full = false;
         self.subscribers
-            .retain(|(_, tx)| match tx.try_send(value.clone()) {
+            .retain_mut(|(_, tx)| match tx.try_send(value.clone()) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(e) if e.is_full() => {
                     full = true;
                     true
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(_) => false,
             });
         full
     }
@@ -93,7 +96,7 @@ struct State {
     /// The writer's queue; present from dialing until the connection is lost.
     link: Option<mpsc::UnboundedSender<String>>,
     pending: HashMap<i64, Pending>,
-    subs: HashMap<SubscriptionKey, SubEntry>,
+    subs: HashMap<Arc<SubscriptionKey>, SubEntry>,
     info: Option<ServerInfo>,
     /// Why the last connection ended.
     last_reason: String,
@@ -294,9 +297,12 @@ impl Shared {
             Wait(oneshot::Receiver<Result<Box<RawValue>, ClientError>>),
             Sent(i64, oneshot::Receiver<Reply>),
         }
-        let key = SubscriptionKey::new(&method, &params);
+        let key = Arc::new(SubscriptionKey::new(&method, &params));
         let sid = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.config.max_queued_notifications.max(1));
+        // The channel holds `buffer` values plus one per sender: one sender, so exactly
+        // `max_queued_notifications`.
+        let (tx, rx) =
+            futures::channel::mpsc::channel(self.config.max_queued_notifications.max(1) - 1);
         let plan = {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -321,13 +327,11 @@ impl Shared {
                 }
                 Entry::Vacant(v) => {
                     let id = self.next_id();
-                    let line = Request::new(Id::Num(id), method.clone(), params.clone()).to_json();
+                    let line = Request::new(Id::Num(id), method, params).to_json();
                     if link.send(line).is_err() {
                         return Err(Self::unavailable(st));
                     }
                     v.insert(SubEntry {
-                        method,
-                        params,
                         last: None,
                         subscribers: vec![(sid, tx)],
                         waiters: Vec::new(),
@@ -407,7 +411,7 @@ impl Shared {
         }
         if let Some(entry) = st.subs.remove(key) {
             if entry.last.is_some() {
-                self.unsubscribe(&mut st, &entry.method, entry.params);
+                self.unsubscribe(&mut st, &key.method, key.params_vec());
             }
             // Otherwise the first subscribe is still in flight; its answer finds no entry
             // and unsubscribes then.
@@ -752,7 +756,7 @@ impl Shared {
                 }
                 let id = self.next_id();
                 let line =
-                    Request::new(Id::Num(id), entry.method.clone(), entry.params.clone()).to_json();
+                    Request::new(Id::Num(id), key.method.clone(), key.params_vec()).to_json();
                 if link.send(line).is_err() {
                     break;
                 }

@@ -48,7 +48,7 @@ pub(crate) mod connect;
 pub mod tls;
 
 use futures::future::{self, BoxFuture};
-use futures::{FutureExt, Stream};
+use futures::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -59,7 +59,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::address;
 use crate::protocol::{methods, RpcError, SubscriptionKey, DEFAULT_MAX_LINE};
@@ -574,9 +574,9 @@ fn convert_address(
 /// server subscription is ended with `blockchain.scripthash.unsubscribe`.
 pub struct Subscription {
     shared: Arc<Shared>,
-    key: SubscriptionKey,
+    key: Arc<SubscriptionKey>,
     id: u64,
-    rx: mpsc::Receiver<Value>,
+    rx: futures::channel::mpsc::Receiver<Value>,
 }
 
 impl Subscription {
@@ -598,7 +598,7 @@ impl Stream for Subscription {
     type Item = Value;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Value>> {
-        self.get_mut().rx.poll_recv(cx)
+        self.get_mut().rx.poll_next_unpin(cx)
     }
 }
 
