@@ -10,6 +10,7 @@
 //! session leaves, the entry goes and the upstream subscription is dropped.
 
 use futures::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -289,7 +290,8 @@ impl Hub {
         let mut disagree_since: Option<Instant> = None;
         let mut ever = false;
         loop {
-            // Fill the watcher set from the upstreams in step.
+            // Fill the watcher set from the upstreams in step, the missing watchers
+            // subscribing at once (one round trip, not one per watcher).
             let mut filled = false;
             let mut closing = false;
             // Each upstream is tried at most once per pass, so a failing one is never retried
@@ -298,37 +300,54 @@ impl Hub {
             while watchers.len() < self.watchers_wanted() && !self.pool.is_shutting_down() {
                 let now = Instant::now();
                 shunned.retain(|_, until| *until > now);
-                let mut watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
-                watching.extend(&tried);
-                let mut exclude = watching.clone();
-                exclude.extend(shunned.keys());
-                // Upstreams that failed this scripthash lately come last, not never: with too few
-                // others they are asked again.
-                let Some((up, client)) = self
-                    .pool
-                    .pick_for(key, &exclude)
-                    .or_else(|| self.pool.pick_for(key, &watching))
-                else {
+                let mut picks: Vec<(Arc<Upstream>, Client)> = Vec::new();
+                while watchers.len() + picks.len() < self.watchers_wanted() {
+                    let mut watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
+                    watching.extend(&tried);
+                    watching.extend(picks.iter().map(|(up, _)| up.id));
+                    let mut exclude = watching.clone();
+                    exclude.extend(shunned.keys());
+                    // Upstreams that failed this scripthash lately come last, not never: with
+                    // too few others they are asked again.
+                    let Some(pick) = self
+                        .pool
+                        .pick_for(key, &exclude)
+                        .or_else(|| self.pool.pick_for(key, &watching))
+                    else {
+                        break;
+                    };
+                    picks.push(pick);
+                }
+                if picks.is_empty() {
                     break;
-                };
-                tried.push(up.id);
+                }
+                tried.extend(picks.iter().map(|(up, _)| up.id));
+                let ids: Vec<usize> = picks.iter().map(|(up, _)| up.id).collect();
+                // Boxed: an idle entry's task keeps only what waiting needs.
+                let attempts = Box::pin(futures::future::join_all(
+                    picks
+                        .into_iter()
+                        .map(|(up, client)| self.watch(&entry, up, client)),
+                ));
                 let watched = tokio::select! {
-                    w = self.watch(&entry, up.clone(), client) => w,
+                    w = attempts => w,
                     _ = entry.closed.notified() => {
                         closing = true;
                         break;
                     }
                 };
-                match watched {
-                    Some(w) => {
-                        if ever {
-                            self.moves.fetch_add(1, Ordering::Relaxed);
+                for (id, w) in ids.into_iter().zip(watched) {
+                    match w {
+                        Some(w) => {
+                            if ever {
+                                self.moves.fetch_add(1, Ordering::Relaxed);
+                            }
+                            watchers.push(w);
+                            filled = true;
                         }
-                        watchers.push(w);
-                        filled = true;
-                    }
-                    None => {
-                        shunned.insert(up.id, Instant::now() + SHUN_FOR);
+                        None => {
+                            shunned.insert(id, Instant::now() + SHUN_FOR);
+                        }
                     }
                 }
             }
@@ -345,7 +364,8 @@ impl Hub {
                 (i, v) = next_status(&mut watchers) => match v {
                     Some(status) => {
                         let w = &mut watchers[i];
-                        match self.vet(&w.up, &w.client, &entry.scripthash, &status).await {
+                        let vet = Box::pin(self.vet(&w.up, &w.client, &entry.scripthash, &status));
+                        match vet.await {
                             Vet::Sound => {
                                 w.status = Some(status);
                                 w.arbitrated = false;
@@ -382,7 +402,7 @@ impl Hub {
                 _ = sleep_until(refill_at) => {}
                 _ = sleep_until(arbitrate_at) => {
                     disagree_since = None;
-                    self.arbitrate(&entry, &mut watchers, &mut shunned).await;
+                    Box::pin(self.arbitrate(&entry, &mut watchers, &mut shunned)).await;
                 }
                 _ = entry.closed.notified() => break,
             }
@@ -398,11 +418,30 @@ impl Hub {
     async fn watch(&self, entry: &Entry, up: Arc<Upstream>, client: Client) -> Option<Watcher> {
         let params = vec![Value::String(entry.scripthash.to_string())];
         let answered_before = up.stats().answered;
-        let sub = tokio::time::timeout(
+        let subscribe = tokio::time::timeout(
             SUBSCRIBE_PATIENCE,
-            client.subscribe("blockchain.scripthash.subscribe", params),
-        )
-        .await;
+            client.subscribe("blockchain.scripthash.subscribe", params.clone()),
+        );
+        // The history that vets the first status is asked together with the subscription
+        // (one round trip, not two: servers that hold small answers back make every round
+        // trip count).
+        let history = async {
+            if !self.verify_statuses {
+                return None;
+            }
+            let asked = self.pool.ask(
+                &up,
+                &client,
+                "blockchain.scripthash.get_history",
+                params,
+                crate::verify::check_history,
+            );
+            tokio::time::timeout(SUBSCRIBE_PATIENCE, asked)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let (sub, history) = tokio::join!(subscribe, history);
         let (initial, stream) = match sub {
             Ok(Ok(s)) => {
                 up.subscribe_failures.store(0, Ordering::Relaxed);
@@ -430,7 +469,11 @@ impl Hub {
         };
         self.upstream_subs.fetch_add(1, Ordering::Relaxed);
         let initial: Value = serde_json::from_str(initial.get()).unwrap_or(Value::Bool(false));
-        if self.vet(&up, &client, &entry.scripthash, &initial).await != Vet::Sound {
+        let vetted = valid_status(&initial)
+            && history
+                .as_deref()
+                .is_some_and(|h| history_has_status(h, &initial));
+        if !vetted && self.vet(&up, &client, &entry.scripthash, &initial).await != Vet::Sound {
             // A false status was penalised; a mismatch may be a race with a new transaction:
             // either way another upstream is asked.
             self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
@@ -631,6 +674,14 @@ impl Hub {
         }
         Vet::Mismatch
     }
+}
+
+/// True when a history (as an upstream sent it) hashes to `status`.
+fn history_has_status(history: &RawValue, status: &Value) -> bool {
+    let Ok(entries) = parse_history(history.get()) else {
+        return false;
+    };
+    status_hash(&entries).map_or(Value::Null, Value::String) == *status
 }
 
 /// How long one upstream may take to answer a subscription before another is asked.
