@@ -716,13 +716,18 @@ mod tests {
     fn reads_own_memory_and_cpu() {
         assert!(rss_kb(std::process::id()).unwrap() > 0);
         assert!(rss_kb(u32::MAX).is_err());
+        // Spin until the process's CPU time shows the work (on a busy machine the wall time
+        // this takes is anyone's guess; a reader that never advances fails at the limit).
         let before = cpu_time(std::process::id()).unwrap();
         let spin = std::time::Instant::now();
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(100) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        let mut used = Duration::ZERO;
+        while used < Duration::from_millis(50) && spin.elapsed() < Duration::from_secs(60) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            used = cpu_time(std::process::id()).unwrap() - before;
         }
-        let used = cpu_time(std::process::id()).unwrap() - before;
         assert!(used >= Duration::from_millis(50), "{used:?}");
         assert!(cpu_time(u32::MAX).is_err());
     }
