@@ -26,7 +26,7 @@ use crate::verify::{ChainTracker, ProvenBlock};
 pub const SHORT_TTL: Duration = Duration::from_secs(10);
 
 /// What an entry's validity depends on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Validity {
     /// Valid forever.
     Always,
@@ -34,6 +34,8 @@ enum Validity {
     Block(u32, BlockHash),
     /// Valid while the verified tip is this block, until the instant.
     Tip(BlockHash, Instant),
+    /// Valid while the scripthash's agreed status is this one.
+    Status(serde_json::Value),
 }
 
 struct Entry {
@@ -72,17 +74,43 @@ impl AnswerCache {
     /// The valid cached answer under a call's key ([`Call::cache_key`]), if there is one.
     /// Counts a hit or a miss.
     pub fn get(&self, tracker: &ChainTracker, key: &str) -> Option<Box<RawValue>> {
+        self.get_if(key, |validity| match validity {
+            Validity::Always => true,
+            Validity::Block(h, hash) => tracker.with_chain(|c| c.hash(*h)) == Some(*hash),
+            Validity::Tip(hash, until) => {
+                Instant::now() < *until && tip_hash(tracker) == Some(*hash)
+            }
+            Validity::Status(_) => false,
+        })
+    }
+
+    /// The answer cached under `key` for a scripthash whose agreed status is `status` now
+    /// ([`AnswerCache::put_at_status`]). Counts a hit or a miss.
+    pub fn get_at_status(&self, key: &str, status: &serde_json::Value) -> Option<Box<RawValue>> {
+        self.get_if(
+            key,
+            |validity| matches!(validity, Validity::Status(s) if s == status),
+        )
+    }
+
+    /// Keeps a voted answer about a scripthash for as long as its agreed status is `status`.
+    pub fn put_at_status(&self, key: String, raw: &RawValue, status: serde_json::Value) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.put(
+                key,
+                Entry {
+                    raw: raw.to_owned(),
+                    validity: Validity::Status(status),
+                },
+            );
+        }
+    }
+
+    fn get_if(&self, key: &str, valid: impl Fn(&Validity) -> bool) -> Option<Box<RawValue>> {
         let mut entries = self.entries.lock().ok()?;
-        let found = entries.get(key).map(|e| {
-            let valid = match e.validity {
-                Validity::Always => true,
-                Validity::Block(h, hash) => tracker.with_chain(|c| c.hash(h)) == Some(hash),
-                Validity::Tip(hash, until) => {
-                    Instant::now() < until && tip_hash(tracker) == Some(hash)
-                }
-            };
-            valid.then(|| e.raw.clone())
-        });
+        let found = entries
+            .get(key)
+            .map(|e| valid(&e.validity).then(|| e.raw.clone()));
         match found {
             Some(Some(raw)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +140,8 @@ impl AnswerCache {
         proven: Option<ProvenBlock>,
     ) {
         let validity = match (call.info.cache, call.proof_height()) {
-            (Cache::Never, _) => return,
+            // Kept by status (`put_at_status`) or not at all.
+            (Cache::Never | Cache::Status, _) => return,
             (Cache::Short, _) => match tip_hash(tracker) {
                 Some(hash) => Validity::Tip(hash, Instant::now() + SHORT_TTL),
                 None => return,
@@ -224,7 +253,7 @@ mod tests {
         let verbose = call("blockchain.transaction.get", json!([TXID, true]));
         put(&cache, &tracker, &verbose, &raw(json!({"hex": "00"})), None);
         assert!(get(&cache, &tracker, &verbose).is_none());
-        // Balances are never cached.
+        // Balances are kept by status only (`put_at_status`), never by a plain put.
         let bal = call("blockchain.scripthash.get_balance", json!([TXID]));
         put(&cache, &tracker, &bal, &raw(json!({"confirmed": 1})), None);
         assert!(get(&cache, &tracker, &bal).is_none());
@@ -270,10 +299,10 @@ mod tests {
             "still on the verified chain"
         );
         // Hits and misses are counted for cacheable calls only: the transaction, the fee and
-        // the proof twice hit; the first transaction, the shallow proof and the stale fee
-        // missed.
+        // the proof twice hit; the first transaction, the balance, the shallow proof and the
+        // stale fee missed.
         assert_eq!(cache.hits.load(Ordering::Relaxed), 4);
-        assert_eq!(cache.misses.load(Ordering::Relaxed), 3);
+        assert_eq!(cache.misses.load(Ordering::Relaxed), 4);
     }
     #[test]
     fn a_proof_is_filed_under_the_block_it_was_checked_against() {
@@ -327,5 +356,30 @@ mod tests {
         let verdict = crate::verify::check(&tracker, &proof_other, &answer);
         put(&cache, &tracker, &proof_other, &answer, verdict.block());
         assert!(get(&cache, &tracker, &proof_other).is_some());
+    }
+
+    #[test]
+    fn an_answer_kept_by_status_is_served_only_at_that_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        let cache = AnswerCache::new(100, 1);
+        let answer = RawValue::from_string("{\"confirmed\":5,\"unconfirmed\":0}".into()).unwrap();
+        let s1 = serde_json::json!("aa".repeat(32));
+        let s2 = serde_json::json!("bb".repeat(32));
+        cache.put_at_status("k".into(), &answer, s1.clone());
+        assert_eq!(
+            cache.get_at_status("k", &s1).map(|r| r.get().to_string()),
+            Some(answer.get().to_string())
+        );
+        assert!(cache.get_at_status("k", &s2).is_none(), "another status");
+        assert!(cache.get_at_status("k", &serde_json::Value::Null).is_none());
+        // Not an answer for a plain lookup, which knows no status.
+        assert!(cache.get(&tracker, "k").is_none());
+        // A newer answer at the new status replaces it; a lookup at another status drops it
+        // (the status moved on).
+        cache.put_at_status("k".into(), &answer, s2.clone());
+        assert!(cache.get_at_status("k", &s2).is_some());
+        assert!(cache.get_at_status("k", &s1).is_none());
+        assert!(cache.get_at_status("k", &s2).is_none());
     }
 }

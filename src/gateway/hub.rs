@@ -133,6 +133,13 @@ impl Hub {
             .sum()
     }
 
+    /// The status of a subscribed scripthash as its watchers agreed on it, if it has one yet.
+    pub fn status_of(&self, scripthash: &str) -> Option<Value> {
+        let entry = self.entries.lock().ok()?.get(scripthash).cloned()?;
+        let st = entry.state.lock().ok()?;
+        st.status.clone()
+    }
+
     /// Subscribes a session to a scripthash and returns the current status. Later changes
     /// arrive as [`SessionEvent::Status`] on the session's mailbox.
     pub async fn subscribe(
@@ -753,7 +760,8 @@ async fn next_status(watchers: &mut [Watcher]) -> (usize, Option<Value>) {
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        // Boxed: the timer's state is held only while it is armed.
+        Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
         None => futures::future::pending().await,
     }
 }

@@ -15,8 +15,9 @@
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::AnswerCache;
@@ -28,7 +29,7 @@ use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::metrics::{Counters, Metrics, Snapshot, Subscriptions};
 use crate::protocol::error::{BAD_REQUEST, METHOD_NOT_FOUND};
-use crate::protocol::methods::{Check, Fallback};
+use crate::protocol::methods::{Cache, Check, Fallback, Kind};
 use crate::protocol::{from_raw, Args, Call, RpcError};
 use crate::verify::{check_position_tx, position_txid, Reason, Verdict};
 
@@ -52,6 +53,8 @@ pub struct Core {
     pub shutdown: CancellationToken,
     next_session: AtomicU64,
     sessions: AtomicI64,
+    /// Reads in flight by key, with the identical reads waiting for them.
+    inflight: Mutex<HashMap<String, Vec<Follower>>>,
 }
 
 fn raw<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, RpcError> {
@@ -65,6 +68,42 @@ fn composed(raw: Box<RawValue>) -> Routed {
         block: None,
         uncorroborated: false,
     }
+}
+
+/// The first of identical reads in flight ([`Core::fetch_shared`]). Its followers are told the
+/// answer by [`Leader::finish`]; if it is dropped first (its wallet left), they ask for
+/// themselves.
+struct Leader<'a> {
+    core: &'a Core,
+    key: String,
+}
+
+impl Leader<'_> {
+    fn finish(self) -> Vec<Follower> {
+        let followers = match self.core.inflight.lock() {
+            Ok(mut inflight) => inflight.remove(&self.key).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        std::mem::forget(self);
+        followers
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.core.inflight.lock() {
+            inflight.remove(&self.key);
+        }
+    }
+}
+
+/// Where a read waiting for an identical one in flight gets its answer.
+type Follower = tokio::sync::oneshot::Sender<Result<Box<RawValue>, RpcError>>;
+
+/// True when a history answer hashes to `status`.
+fn history_fits(raw: &RawValue, status: &Value) -> bool {
+    crate::chain::parse_history(raw.get())
+        .is_ok_and(|h| crate::chain::status_hash(&h).map_or(Value::Null, Value::String) == *status)
 }
 
 /// The step an `id_from_pos` answer passes after its branch is checked: the transaction it
@@ -116,6 +155,7 @@ impl Core {
             shutdown,
             next_session: AtomicU64::new(1),
             sessions: AtomicI64::new(0),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -150,19 +190,97 @@ impl Core {
     pub async fn read(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
         let tracker = self.pool.tracker();
         let Some(key) = call.cache_key() else {
-            return Ok(self.fetch(call).await?.raw);
+            return Ok(self.fetch_shared(call, None).await?.raw);
         };
+        if call.info.cache == Cache::Status {
+            return self.read_by_status(call, key).await;
+        }
         if let Some(hit) = self.cache.get(tracker, &key) {
             self.metrics.cache_hit(call.method());
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
-        let routed = self.fetch(call).await?;
+        let routed = self.fetch_shared(call, Some(&key)).await?;
         if !routed.uncorroborated {
             self.cache
                 .put(tracker, call, key, &routed.raw, routed.block);
         }
         Ok(routed.raw)
+    }
+
+    /// A read about a scripthash (history, balance, unspent outputs): while the gateway
+    /// watches it, an answer voted at its current status is served again until the status
+    /// changes. A history goes in only when it hashes to that status; a balance or unspent
+    /// list only when the status stayed the same while it was voted on.
+    async fn read_by_status(&self, call: &Call, key: String) -> Result<Box<RawValue>, RpcError> {
+        let status = call.scripthash().and_then(|sh| self.hub.status_of(sh));
+        let Some(status) = status else {
+            // Not watched (or not yet agreed): nothing identifies the answer.
+            return Ok(self.fetch_shared(call, Some(&key)).await?.raw);
+        };
+        if let Some(hit) = self.cache.get_at_status(&key, &status) {
+            self.metrics.cache_hit(call.method());
+            return Ok(hit);
+        }
+        self.metrics.cache_miss(call.method());
+        let routed = self.fetch_shared(call, Some(&key)).await?;
+        let still = call.scripthash().and_then(|sh| self.hub.status_of(sh));
+        let fits = match call.info.check {
+            Check::History => history_fits(&routed.raw, &status),
+            _ => still.as_ref() == Some(&status),
+        };
+        if fits && !routed.uncorroborated {
+            self.cache.put_at_status(key, &routed.raw, status);
+        }
+        Ok(routed.raw)
+    }
+
+    /// [`Core::fetch`], shared by identical reads in flight: the first one asks the upstreams
+    /// (and votes), the others wait for its answer. `key` is the call's cache key when it has
+    /// one. Broadcasts are never shared.
+    async fn fetch_shared(&self, call: &Call, key: Option<&str>) -> Result<Routed, RpcError> {
+        if call.kind() != Kind::Read {
+            return self.fetch(call).await;
+        }
+        let key = match key {
+            Some(k) => k.to_string(),
+            None => format!("{}|{}", call.info.name, Value::Array(call.params())),
+        };
+        let waiting = {
+            let Ok(mut inflight) = self.inflight.lock() else {
+                return self.fetch(call).await;
+            };
+            match inflight.get_mut(&key) {
+                Some(followers) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    followers.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    inflight.insert(key.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(rx) = waiting {
+            self.metrics.shared_read(call.method());
+            // The first reader gave up (its wallet left): ask for ourselves.
+            return match rx.await {
+                Ok(answer) => answer.map(|raw| Routed {
+                    raw,
+                    block: None,
+                    // The first reader files the answer; a follower does not again.
+                    uncorroborated: true,
+                }),
+                Err(_) => self.fetch(call).await,
+            };
+        }
+        let leader = Leader { core: self, key };
+        let res = self.fetch(call).await;
+        for tx in leader.finish() {
+            let _ = tx.send(res.as_ref().map(|r| r.raw.clone()).map_err(Clone::clone));
+        }
+        res
     }
 
     /// Checks the transaction an `id_from_pos` answer of `up` names for position `pos`

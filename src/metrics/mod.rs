@@ -103,6 +103,7 @@ pub struct Metrics {
     sub_moves: IntCounter,
     notifications: IntCounter,
     cache_hits: IntCounterVec,
+    shared_reads: IntCounterVec,
     cache_misses: IntCounterVec,
     header_sync_height: IntGauge,
     header_sync_target: IntGauge,
@@ -305,6 +306,12 @@ impl Metrics {
                 "Requests answered from the cache, by method.",
                 &["method"],
             ),
+            shared_reads: b.counter_vec(
+                "shared_reads_total",
+                "Reads answered by an identical read already in flight (one upstream request \
+                 and vote for both), by method.",
+                &["method"],
+            ),
             cache_misses: b.counter_vec(
                 "cache_misses_total",
                 "Cacheable requests not found in the cache, by method.",
@@ -369,6 +376,13 @@ impl Metrics {
     /// Counts a request answered from the cache.
     pub fn cache_hit(&self, method: &str) {
         self.cache_hits
+            .with_label_values(&[method_label(method)])
+            .inc();
+    }
+
+    /// Counts a read that waited for an identical one in flight instead of asking upstreams.
+    pub fn shared_read(&self, method: &str) {
+        self.shared_reads
             .with_label_values(&[method_label(method)])
             .inc();
     }
@@ -690,7 +704,10 @@ mod tests {
         assert!(t.contains(
             r#"electrum_gateway_cache_hits_total{method="blockchain.transaction.get"} 0"#
         ));
-        assert!(!t.contains(r#"cache_hits_total{method="blockchain.scripthash.get_balance"}"#));
+        assert!(t.contains(
+            r#"electrum_gateway_cache_hits_total{method="blockchain.scripthash.get_balance"} 0"#
+        ));
+        assert!(!t.contains(r#"cache_hits_total{method="blockchain.scripthash.get_mempool"}"#));
         let mut snap = snapshot();
         snap.counters.failures.insert(Reason::BadMerkle, 2);
         snap.counters.demotions.insert(Demotion::Fork, 1);

@@ -61,8 +61,12 @@ impl Policy {
 /// How long an answer may be cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cache {
-    /// Never cached (balances, history, mempool, subscriptions).
+    /// Never cached (mempool, subscriptions, broadcasts).
     Never,
+    /// Kept while the scripthash's status stays the one the gateway's watchers agreed on when
+    /// the answer was voted (history, balance and unspent outputs of a subscribed scripthash):
+    /// the status hash identifies the history, and every change of it comes with a new one.
+    Status,
     /// Kept until the verified tip moves, and at most a few seconds (fees).
     Short,
     /// Immutable once verified (raw transactions) or buried below the reorg window (proofs).
@@ -299,12 +303,14 @@ pub static METHODS: &[MethodInfo] = &[
         policy: Policy::Quorum,
         check: Check::Balance,
         vote: Vote::Balance,
+        cache: Cache::Status,
         ..read("blockchain.scripthash.get_balance", Params::ScriptHash)
     },
     MethodInfo {
         policy: Policy::Quorum,
         check: Check::History,
         vote: Vote::History,
+        cache: Cache::Status,
         ..read("blockchain.scripthash.get_history", Params::ScriptHash)
     },
     MethodInfo {
@@ -316,6 +322,7 @@ pub static METHODS: &[MethodInfo] = &[
         policy: Policy::Quorum,
         check: Check::Unspent,
         vote: Vote::Unspent,
+        cache: Cache::Status,
         ..read("blockchain.scripthash.listunspent", Params::ScriptHash)
     },
     MethodInfo {
@@ -507,6 +514,10 @@ mod tests {
             // Only reads are cached; only voted reads have a vote rule other than Whole.
             if m.cache != Cache::Never {
                 assert_eq!(m.kind, Kind::Read, "{}", m.name);
+            }
+            // A status identifies one scripthash's history.
+            if m.cache == Cache::Status {
+                assert_eq!(m.params, Params::ScriptHash, "{}", m.name);
             }
             if m.vote != Vote::Whole {
                 assert_eq!(m.policy, Policy::Quorum, "{}", m.name);
