@@ -193,3 +193,51 @@ async fn calls_in_flight_fail_at_once_when_the_server_dies() {
         .unwrap();
     assert!(matches!(res, Err(ClientError::Disconnected(_))), "{res:?}");
 }
+
+/// A server that holds small answers back (ElectrumX 1.18+: after the first kilobyte, output
+/// waits for a kilobyte or a second) answers a lone request within a second only when the
+/// client nudges it; the nudge is on by default for ElectrumX.
+#[tokio::test]
+async fn answers_held_back_by_the_server_are_nudged_out() {
+    let sim = Sim::start(
+        SimConfig::with_endpoints(&["127.0.0.1:0,hold-back,software=ElectrumX 1.18.0"]).unwrap(),
+    )
+    .await
+    .unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let a = &ADDRESSES[2];
+    let (confirmed, unconfirmed) = sim.balance(a.scripthash).unwrap();
+    let expected = json!({"confirmed": confirmed, "unconfirmed": unconfirmed});
+    for nudge in [true, false] {
+        let mut c = config(sim.url(0), pins.path());
+        // Well below the server's second of holding back.
+        c.request_timeout = Duration::from_millis(600);
+        if !nudge {
+            c.hold_back_nudge = None;
+        }
+        let client = Client::connect(c).await.unwrap();
+        // Past the first kilobyte, which goes out at once.
+        let warm: Value = client
+            .call("blockchain.block.headers", vec![json!(0), json!(20)])
+            .await
+            .unwrap();
+        assert_eq!(warm["count"], json!(20));
+        for _ in 0..5 {
+            let answer: Result<Value, _> = client
+                .call(
+                    "blockchain.scripthash.get_balance",
+                    vec![json!(a.scripthash)],
+                )
+                .await;
+            if nudge {
+                assert_eq!(answer.unwrap(), expected);
+            } else {
+                assert!(
+                    matches!(answer, Err(ClientError::Timeout)),
+                    "without a nudge the answer is held: {answer:?}"
+                );
+                break;
+            }
+        }
+    }
+}

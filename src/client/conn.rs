@@ -21,6 +21,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -112,6 +113,12 @@ pub(crate) struct Shared {
     next_id: AtomicI64,
     next_subscriber: AtomicU64,
     state: Mutex<State>,
+    /// When the connection task started; `last_read` counts from here.
+    epoch: std::time::Instant,
+    /// Milliseconds from `epoch` to the last line read.
+    last_read: AtomicU64,
+    /// Flushing requests sent to servers that hold answers back.
+    pub(crate) nudges: AtomicU64,
 }
 
 /// How a connection ended.
@@ -140,6 +147,9 @@ impl Shared {
                 last_reason: String::new(),
                 closing: false,
             }),
+            epoch: std::time::Instant::now(),
+            last_read: AtomicU64::new(0),
+            nudges: AtomicU64::new(0),
         }
     }
 
@@ -645,6 +655,7 @@ impl Shared {
         let mut error = None;
         let reason = {
             let driver = async {
+                let asked = std::time::Instant::now();
                 let info = match self.negotiate().await {
                     Ok(info) => info,
                     Err(e) => {
@@ -654,6 +665,7 @@ impl Shared {
                     }
                 };
                 negotiated = true;
+                let nudge = self.nudge_after(&info, asked.elapsed());
                 {
                     let mut st = self.lock();
                     st.conn = ConnectionState::Connected;
@@ -667,10 +679,22 @@ impl Shared {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Ok(()));
                 }
-                if reconnected {
-                    self.resubscribe().await;
+                let nudger = async {
+                    match nudge {
+                        Some(after) => self.nudge_held_answers(after).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let kept = async {
+                    if reconnected {
+                        self.resubscribe().await;
+                    }
+                    self.keepalive().await
+                };
+                tokio::select! {
+                    r = kept => r,
+                    r = nudger => r,
                 }
-                self.keepalive().await
             };
             tokio::select! {
                 r = write_loop(sink, rx) => r,
@@ -692,12 +716,75 @@ impl Shared {
                 None => return "server closed the connection".into(),
                 Some(Err(e)) => return format!("read failed: {e}"),
                 Some(Ok(line)) => {
+                    self.last_read
+                        .store(self.millis_since_epoch(), Ordering::Relaxed);
                     if let Err(reason) = self.on_line(&line) {
                         return reason;
                     }
                 }
             }
         }
+    }
+
+    fn millis_since_epoch(&self) -> u64 {
+        self.epoch
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// For a server that holds small answers back ([`super::ClientConfig::hold_back_nudge`]):
+    /// whenever requests have waited `after` with nothing read, asks for an answer long enough
+    /// to make the server send what it holds. Never returns.
+    async fn nudge_held_answers(&self, after: Duration) -> String {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut tick = tokio::time::interval(after / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Since when requests have been waiting (as seen at a tick).
+        let mut waiting_since: Option<u64> = None;
+        let mut last_nudge = 0u64;
+        loop {
+            tick.tick().await;
+            let now = self.millis_since_epoch();
+            let mut st = self.lock();
+            let waiting = st.pending.values().any(|p| !matches!(p, Pending::Ignore));
+            if !waiting {
+                waiting_since = None;
+                continue;
+            }
+            let since = *waiting_since.get_or_insert(now);
+            let quiet_from = since.max(self.last_read.load(Ordering::Relaxed));
+            if now.saturating_sub(quiet_from) < after_ms
+                || now.saturating_sub(last_nudge) < after_ms
+            {
+                continue;
+            }
+            let Some(link) = st.link.clone() else {
+                continue;
+            };
+            let id = self.next_id();
+            let line = Request::new(
+                Id::Num(id),
+                "blockchain.block.headers".to_string(),
+                vec![json!(0), json!(8)],
+            )
+            .to_json();
+            if link.send(line).is_ok() {
+                st.pending.insert(id, Pending::Ignore);
+                last_nudge = now;
+                self.nudges.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How long requests wait before [`Shared::nudge_held_answers`] nudges this server, if it
+    /// holds answers back: ElectrumX over TCP or TLS. `rtt` is the negotiation's round trip.
+    fn nudge_after(&self, info: &ServerInfo, rtt: Duration) -> Option<Duration> {
+        let base = self.config.hold_back_nudge?;
+        let holds_back = info.software.to_ascii_lowercase().starts_with("electrumx")
+            && !self.config.server.scheme.is_ws();
+        holds_back.then(|| base.max(rtt * 3))
     }
 
     /// `server.version` with the configured range; checks the answer lies in it.

@@ -238,6 +238,13 @@ pub struct ClientConfig {
     /// Notifications queued per subscription stream at most; a server that sends more than a
     /// subscriber takes is flooding, and the connection is closed (default 1024).
     pub max_queued_notifications: usize,
+    /// Servers that hold small answers back (ElectrumX 1.18+ over TCP and TLS sends output only
+    /// once 1,024 bytes are buffered or a second has passed): when requests have waited this
+    /// long with nothing read, the client asks for something about 1.3 kB long
+    /// (`blockchain.block.headers` of the first eight blocks) so that the held answers go out at
+    /// once. Only for servers whose software is ElectrumX, never over WebSocket; `None` turns it
+    /// off (default 25 ms, or three times the connection's round trip if that is longer).
+    pub hold_back_nudge: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -257,6 +264,7 @@ impl ClientConfig {
             max_message: DEFAULT_MAX_LINE,
             network: bitcoin::Network::Bitcoin,
             max_queued_notifications: 1024,
+            hold_back_nudge: Some(Duration::from_millis(25)),
         }
     }
 }

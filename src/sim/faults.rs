@@ -60,6 +60,10 @@ pub struct Faults {
     /// `stall-subscribe`: `blockchain.scripthash.subscribe` requests are never answered;
     /// everything else is.
     pub stall_subscribe: bool,
+    /// `hold-back`: like ElectrumX 1.18+ over TCP and TLS, after the first 1,024 bytes of a
+    /// connection output goes out only once 1,024 bytes are waiting or a second has passed
+    /// since the last send (one small answer at a time waits up to a second).
+    pub hold_back: bool,
     /// `flood=N`: every scripthash subscription is followed by N notifications of statuses
     /// that alternate (and match nothing).
     pub flood: Option<u64>,
@@ -148,6 +152,7 @@ impl Faults {
             "hide-mempool" => self.hide_mempool = flag(value)?,
             "silent" => self.silent = flag(value)?,
             "stall-subscribe" => self.stall_subscribe = flag(value)?,
+            "hold-back" => self.hold_back = flag(value)?,
             "flood" => self.flood = Some(num(value)?),
             "fee-factor" => self.fee_factor = Some(num(value)?),
             "inner-node" => self.inner_node = flag(value)?,
@@ -239,6 +244,7 @@ impl fmt::Display for Faults {
             (self.hide_mempool, "hide-mempool"),
             (self.silent, "silent"),
             (self.stall_subscribe, "stall-subscribe"),
+            (self.hold_back, "hold-back"),
             (self.inner_node, "inner-node"),
             (self.strip_witness, "strip-witness"),
             (self.alter_witness, "alter-witness"),

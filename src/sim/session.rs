@@ -70,15 +70,30 @@ pub(crate) async fn run(
     let mut reading = true;
     let mut handled: u64 = 0;
     let ep = &inner.endpoints[endpoint];
+    let mut held = HeldOutput::default();
     loop {
         let due = queue.front().map(|o| o.due);
+        let release = (!held.lines.is_empty()).then(|| held.last_send + HOLD_BACK_FOR);
         tokio::select! {
             _ = sleep_until(due), if due.is_some() => {
                 let Some(out) = queue.pop_front() else { continue };
-                if sink.send(out.line).await.is_err() {
+                ep.count_answers(out.answers);
+                held.bytes += out.line.len() + 1;
+                held.lines.push(out.line);
+                if ep.faults().hold_back
+                    && held.sent >= HOLD_BACK_SIZE
+                    && held.bytes < HOLD_BACK_SIZE
+                {
+                    continue;
+                }
+                if held.release(&mut sink).await.is_err() {
                     break;
                 }
-                ep.count_answers(out.answers);
+            }
+            _ = sleep_until(release), if release.is_some() => {
+                if held.release(&mut sink).await.is_err() {
+                    break;
+                }
             }
             msg = stream.next(), if reading => {
                 let line = match msg {
@@ -127,6 +142,44 @@ pub(crate) async fn run(
         }
     }
     let _ = sink.close().await;
+}
+
+/// `hold-back`: what a connection may send at once, and how long output waits for more.
+const HOLD_BACK_SIZE: usize = 1024;
+const HOLD_BACK_FOR: Duration = Duration::from_secs(1);
+
+/// Output due but not sent yet (`hold-back`), and what was sent.
+struct HeldOutput {
+    lines: Vec<String>,
+    bytes: usize,
+    /// Bytes sent on the connection so far.
+    sent: usize,
+    last_send: Instant,
+}
+
+impl Default for HeldOutput {
+    fn default() -> Self {
+        HeldOutput {
+            lines: Vec::new(),
+            bytes: 0,
+            sent: 0,
+            last_send: Instant::now(),
+        }
+    }
+}
+
+impl HeldOutput {
+    /// Sends everything held, in one write.
+    async fn release(&mut self, sink: &mut crate::transport::FrameSink) -> std::io::Result<()> {
+        for line in self.lines.drain(..) {
+            sink.feed(line).await?;
+        }
+        sink.flush().await?;
+        self.sent += self.bytes;
+        self.bytes = 0;
+        self.last_send = Instant::now();
+        Ok(())
+    }
 }
 
 async fn sleep_until(due: Option<Instant>) {
