@@ -18,7 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::pool::Pool;
@@ -57,7 +57,8 @@ pub struct SessionHandle {
 }
 
 struct EntryState {
-    sessions: HashMap<SessionId, SessionHandle>,
+    /// The subscribed sessions (usually one: a list is smaller than a map).
+    sessions: Vec<SessionHandle>,
     /// Last status seen from an upstream; `None` until the first answer.
     status: Option<Value>,
 }
@@ -65,7 +66,8 @@ struct EntryState {
 struct Entry {
     scripthash: Arc<str>,
     state: Mutex<EntryState>,
-    known: watch::Sender<bool>,
+    /// Woken when the first status is known.
+    known: Notify,
     closed: Notify,
 }
 
@@ -152,13 +154,21 @@ impl Hub {
         if let Some(s) = status {
             return Ok(s);
         }
-        let mut known = entry.known.subscribe();
-        let waited = tokio::time::timeout(self.subscribe_timeout, known.wait_for(|k| *k)).await;
-        if let Ok(Ok(_)) = waited {
-            if let Ok(st) = entry.state.lock() {
-                if let Some(s) = &st.status {
-                    return Ok(s.clone());
-                }
+        let known = entry.known.notified();
+        tokio::pin!(known);
+        // Registered before the status is looked at again, so a first status applied in
+        // between still wakes it.
+        known.as_mut().enable();
+        let current = || entry.state.lock().ok().and_then(|st| st.status.clone());
+        if let Some(s) = current() {
+            return Ok(s);
+        }
+        if tokio::time::timeout(self.subscribe_timeout, known)
+            .await
+            .is_ok()
+        {
+            if let Some(s) = current() {
+                return Ok(s);
             }
         }
         self.unsubscribe(scripthash, sid);
@@ -182,10 +192,10 @@ impl Hub {
                 let e = Arc::new(Entry {
                     scripthash: sh.clone(),
                     state: Mutex::new(EntryState {
-                        sessions: HashMap::new(),
+                        sessions: Vec::new(),
                         status: None,
                     }),
-                    known: watch::channel(false).0,
+                    known: Notify::new(),
                     closed: Notify::new(),
                 });
                 entries.insert(sh, e.clone());
@@ -197,7 +207,10 @@ impl Hub {
         };
         let status = match entry.state.lock() {
             Ok(mut st) => {
-                st.sessions.insert(session.id, session);
+                match st.sessions.iter_mut().find(|s| s.id == session.id) {
+                    Some(s) => *s = session,
+                    None => st.sessions.push(session),
+                }
                 st.status.clone()
             }
             Err(_) => return Err(RpcError::internal("hub poisoned")),
@@ -217,7 +230,13 @@ impl Hub {
         let Ok(mut st) = entry.state.lock() else {
             return false;
         };
-        let had = st.sessions.remove(&sid).is_some();
+        let had = match st.sessions.iter().position(|s| s.id == sid) {
+            Some(i) => {
+                st.sessions.swap_remove(i);
+                true
+            }
+            None => false,
+        };
         if st.sessions.is_empty() {
             entries.remove(scripthash);
             entry.closed.notify_one();
@@ -245,10 +264,10 @@ impl Hub {
             }
             st.status = Some(status.clone());
             if first {
-                entry.known.send_replace(true);
+                entry.known.notify_waiters();
                 return;
             }
-            st.sessions.values().cloned().collect()
+            st.sessions.clone()
         };
         for s in targets {
             let ev = SessionEvent::Status {
@@ -297,67 +316,9 @@ impl Hub {
         let mut disagree_since: Option<Instant> = None;
         let mut ever = false;
         loop {
-            // Fill the watcher set from the upstreams in step, the missing watchers
-            // subscribing at once (one round trip, not one per watcher).
-            let mut filled = false;
-            let mut closing = false;
-            // Each upstream is tried at most once per pass, so a failing one is never retried
-            // in a tight loop; the next pass comes with a pool event or the refill timer.
-            let mut tried: Vec<usize> = Vec::new();
-            while watchers.len() < self.watchers_wanted() && !self.pool.is_shutting_down() {
-                let now = Instant::now();
-                shunned.retain(|_, until| *until > now);
-                let mut picks: Vec<(Arc<Upstream>, Client)> = Vec::new();
-                while watchers.len() + picks.len() < self.watchers_wanted() {
-                    let mut watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
-                    watching.extend(&tried);
-                    watching.extend(picks.iter().map(|(up, _)| up.id));
-                    let mut exclude = watching.clone();
-                    exclude.extend(shunned.keys());
-                    // Upstreams that failed this scripthash lately come last, not never: with
-                    // too few others they are asked again.
-                    let Some(pick) = self
-                        .pool
-                        .pick_for(key, &exclude)
-                        .or_else(|| self.pool.pick_for(key, &watching))
-                    else {
-                        break;
-                    };
-                    picks.push(pick);
-                }
-                if picks.is_empty() {
-                    break;
-                }
-                tried.extend(picks.iter().map(|(up, _)| up.id));
-                let ids: Vec<usize> = picks.iter().map(|(up, _)| up.id).collect();
-                // Boxed: an idle entry's task keeps only what waiting needs.
-                let attempts = Box::pin(futures::future::join_all(
-                    picks
-                        .into_iter()
-                        .map(|(up, client)| self.watch(&entry, up, client)),
-                ));
-                let watched = tokio::select! {
-                    w = attempts => w,
-                    _ = entry.closed.notified() => {
-                        closing = true;
-                        break;
-                    }
-                };
-                for (id, w) in ids.into_iter().zip(watched) {
-                    match w {
-                        Some(w) => {
-                            if ever {
-                                self.moves.fetch_add(1, Ordering::Relaxed);
-                            }
-                            watchers.push(w);
-                            filled = true;
-                        }
-                        None => {
-                            shunned.insert(id, Instant::now() + SHUN_FOR);
-                        }
-                    }
-                }
-            }
+            // Boxed: an idle entry's task keeps only what waiting needs.
+            let (filled, closing) =
+                Box::pin(self.fill(&entry, key, &mut watchers, &mut shunned, ever)).await;
             if closing || self.pool.is_shutting_down() {
                 break;
             }
@@ -417,6 +378,78 @@ impl Hub {
         for _ in watchers.drain(..) {
             self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Fills an entry's watcher set from the upstreams in step, the missing watchers
+    /// subscribing at once (one round trip, not one per watcher). Returns whether a watcher was
+    /// added, and whether the entry closed meanwhile.
+    async fn fill(
+        &self,
+        entry: &Entry,
+        key: u64,
+        watchers: &mut Vec<Watcher>,
+        shunned: &mut HashMap<usize, Instant>,
+        ever: bool,
+    ) -> (bool, bool) {
+        let mut filled = false;
+        let mut closing = false;
+        // Each upstream is tried at most once per pass, so a failing one is never retried
+        // in a tight loop; the next pass comes with a pool event or the refill timer.
+        let mut tried: Vec<usize> = Vec::new();
+        while watchers.len() < self.watchers_wanted() && !self.pool.is_shutting_down() {
+            let now = Instant::now();
+            shunned.retain(|_, until| *until > now);
+            let mut picks: Vec<(Arc<Upstream>, Client)> = Vec::new();
+            while watchers.len() + picks.len() < self.watchers_wanted() {
+                let mut watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
+                watching.extend(&tried);
+                watching.extend(picks.iter().map(|(up, _)| up.id));
+                let mut exclude = watching.clone();
+                exclude.extend(shunned.keys());
+                // Upstreams that failed this scripthash lately come last, not never: with
+                // too few others they are asked again.
+                let Some(pick) = self
+                    .pool
+                    .pick_for(key, &exclude)
+                    .or_else(|| self.pool.pick_for(key, &watching))
+                else {
+                    break;
+                };
+                picks.push(pick);
+            }
+            if picks.is_empty() {
+                break;
+            }
+            tried.extend(picks.iter().map(|(up, _)| up.id));
+            let ids: Vec<usize> = picks.iter().map(|(up, _)| up.id).collect();
+            let attempts = futures::future::join_all(
+                picks
+                    .into_iter()
+                    .map(|(up, client)| self.watch(entry, up, client)),
+            );
+            let watched = tokio::select! {
+                w = attempts => w,
+                _ = entry.closed.notified() => {
+                    closing = true;
+                    break;
+                }
+            };
+            for (id, w) in ids.into_iter().zip(watched) {
+                match w {
+                    Some(w) => {
+                        if ever {
+                            self.moves.fetch_add(1, Ordering::Relaxed);
+                        }
+                        watchers.push(w);
+                        filled = true;
+                    }
+                    None => {
+                        shunned.insert(id, Instant::now() + SHUN_FOR);
+                    }
+                }
+            }
+        }
+        (filled, closing)
     }
 
     /// Subscribes to the entry's scripthash on one upstream, within [`SUBSCRIBE_PATIENCE`], and
