@@ -310,7 +310,8 @@ impl Hub {
     async fn run_entry(self: Arc<Self>, entry: Arc<Entry>) {
         let key = key_of(&entry.scripthash);
         let mut events = self.pool.events();
-        let mut watchers: Vec<Watcher> = Vec::new();
+        // Sized for the watchers wanted: a vector grows to four slots at its first push.
+        let mut watchers: Vec<Watcher> = Vec::with_capacity(self.watchers_wanted());
         // Upstreams that failed this scripthash lately, with when they may be tried again.
         let mut shunned: HashMap<usize, Instant> = HashMap::new();
         let mut disagree_since: Option<Instant> = None;
