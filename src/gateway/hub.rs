@@ -10,7 +10,6 @@
 //! session leaves, the entry goes and the upstream subscription is dropped.
 
 use futures::StreamExt;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -459,30 +458,11 @@ impl Hub {
     async fn watch(&self, entry: &Entry, up: Arc<Upstream>, client: Client) -> Option<Watcher> {
         let params = vec![Value::String(entry.scripthash.to_string())];
         let answered_before = up.stats().answered;
-        let subscribe = tokio::time::timeout(
+        let sub = tokio::time::timeout(
             SUBSCRIBE_PATIENCE,
-            client.subscribe("blockchain.scripthash.subscribe", params.clone()),
-        );
-        // The history that vets the first status is asked together with the subscription
-        // (one round trip, not two: servers that hold small answers back make every round
-        // trip count).
-        let history = async {
-            if !self.verify_statuses {
-                return None;
-            }
-            let asked = self.pool.ask(
-                &up,
-                &client,
-                "blockchain.scripthash.get_history",
-                params,
-                crate::verify::check_history,
-            );
-            tokio::time::timeout(SUBSCRIBE_PATIENCE, asked)
-                .await
-                .ok()
-                .and_then(Result::ok)
-        };
-        let (sub, history) = tokio::join!(subscribe, history);
+            client.subscribe("blockchain.scripthash.subscribe", params),
+        )
+        .await;
         let (initial, stream) = match sub {
             Ok(Ok(s)) => {
                 up.subscribe_failures.store(0, Ordering::Relaxed);
@@ -510,11 +490,7 @@ impl Hub {
         };
         self.upstream_subs.fetch_add(1, Ordering::Relaxed);
         let initial: Value = serde_json::from_str(initial.get()).unwrap_or(Value::Bool(false));
-        let vetted = valid_status(&initial)
-            && history
-                .as_deref()
-                .is_some_and(|h| history_has_status(h, &initial));
-        if !vetted && self.vet(&up, &client, &entry.scripthash, &initial).await != Vet::Sound {
+        if self.vet(&up, &client, &entry.scripthash, &initial).await != Vet::Sound {
             // A false status was penalised; a mismatch may be a race with a new transaction:
             // either way another upstream is asked.
             self.upstream_subs.fetch_sub(1, Ordering::Relaxed);
@@ -685,7 +661,9 @@ impl Hub {
             self.pool.penalize(up, Reason::BadStatus);
             return Vet::False;
         }
-        if !self.verify_statuses {
+        // No history (most of a wallet's addresses): nothing to check it against that the
+        // other watcher's agreement does not already settle, and no history to ask for.
+        if !self.verify_statuses || status.is_null() {
             return Vet::Sound;
         }
         let params = vec![Value::String(scripthash.to_string())];
@@ -715,14 +693,6 @@ impl Hub {
         }
         Vet::Mismatch
     }
-}
-
-/// True when a history (as an upstream sent it) hashes to `status`.
-fn history_has_status(history: &RawValue, status: &Value) -> bool {
-    let Ok(entries) = parse_history(history.get()) else {
-        return false;
-    };
-    status_hash(&entries).map_or(Value::Null, Value::String) == *status
 }
 
 /// How long one upstream may take to answer a subscription before another is asked.
