@@ -27,9 +27,9 @@ use crate::metrics::method_label;
 use crate::protocol::error::EXCESSIVE_RESOURCE_USAGE;
 use crate::protocol::methods::{Kind, PROTOCOL_MIN};
 use crate::protocol::{
-    Args, Call, Id, Incoming, Message, Notification, ParseContext, Request, Response, RpcError, Tip,
+    Args, Call, Id, Incoming, Message, Notification, ParseContext, Request, Response, RpcError,
 };
-use crate::transport::{FrameSink, Framed};
+use crate::transport::{feed_shared, FrameSink, Framed};
 
 /// One finished request (or batch) for the session loop to write.
 struct Outgoing {
@@ -127,23 +127,38 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let mut pending = 0usize;
     let mut unflushed = 0usize;
     let mut version_done = false;
-    let mut tip_rx = core.pool.tip_watch();
+    let mut tip_rx = core.pool.tip_notice_watch();
     let mut order = ReplyOrder::default();
+    // Zero: no idle timeout (the timer then fires once a year and finds nothing due).
     let idle = crate::config::secs(limits.idle_timeout_secs);
-    let idle = if idle.is_zero() {
-        Duration::from_secs(u64::MAX / 4)
-    } else {
-        idle
-    };
+    let idle = (!idle.is_zero()).then_some(idle);
     tracing::debug!(session = id, %peer, "wallet connected");
     core.count_session(1);
 
+    // Futures that live as long as the session are made once: a wake-up (a block, an
+    // answer) then registers no new waiter on the tokens nor a new timer.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
+    let shutdown = core.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // The idle timeout runs from the session's last event (as when each turn of the loop
+    // armed its own timer): one timer, moved lazily to the last event's deadline when it fires.
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let idle_timer = tokio::time::sleep(idle.unwrap_or(YEAR));
+    tokio::pin!(idle_timer);
+    let mut last_event = tokio::time::Instant::now();
+    let mut event = true;
+
     let close_reason: String = loop {
+        if event {
+            last_event = tokio::time::Instant::now();
+        }
+        event = true;
         let can_read = pending < limits.max_pending_per_session;
         tokio::select! {
             biased;
-            _ = kill.cancelled() => break "too slow to take notifications".into(),
-            _ = core.shutdown.cancelled() => break "gateway shutting down".into(),
+            _ = &mut killed => break "too slow to take notifications".into(),
+            _ = &mut shutdown => break "gateway shutting down".into(),
             Some(out) = out_rx.recv() => {
                 pending = pending.saturating_sub(out.done);
                 if let Some(line) = out.line {
@@ -154,14 +169,19 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 // Notifications that arrived while a subscription reply was in flight follow
                 // the reply, in order, if they differ from what the reply said.
                 let current = tip_rx.borrow().clone();
-                let follow = order.replied(out.confirms, current.as_ref());
+                let follow = order.replied(out.confirms, current.as_ref().map(|n| &n.tip));
                 let mut lines = Vec::new();
                 for (sh, status) in &follow.statuses {
                     lines.extend(notification_lines(&shared, sh, status));
                 }
-                lines.extend(follow.tip.as_ref().map(header_notification));
                 if feed_all(&mut sink, lines).await.is_err() {
                     break "write failed".into();
+                }
+                // A tip to follow the reply is the current one (`replied` compares with it).
+                if let (Some(_), Some(notice)) = (&follow.tip, &current) {
+                    if feed_line(&mut sink, notice.line.clone()).await.is_err() {
+                        break "write failed".into();
+                    }
                 }
                 // Answers that are ready together go out in one write: let the request
                 // tasks that are ready run first, so their answers join this one.
@@ -190,24 +210,36 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 if changed.is_err() {
                     break "gateway shutting down".into();
                 }
+                // The notification was serialized once for all sessions: only the reference
+                // is copied here.
                 let current = tip_rx.borrow_and_update().clone();
-                if let Some(tip) = order.tip(current.as_ref()) {
-                    if write(&mut sink, header_notification(&tip)).await.is_err() {
+                if let Some(notice) = current.filter(|n| order.tip_moved(&n.tip)) {
+                    let line = notice.line.clone();
+                    if feed_line(&mut sink, line).await.is_err() || flush(&mut sink).await.is_err() {
                         break "write failed".into();
                     }
                 }
             }
-            line = tokio::time::timeout(idle, stream.next()), if can_read => {
+            _ = &mut idle_timer, if can_read && idle.is_some() => {
+                let now = tokio::time::Instant::now();
+                match idle.and_then(|idle| last_event.checked_add(idle)) {
+                    Some(due) if due <= now => break "idle timeout".into(),
+                    due => {
+                        idle_timer.as_mut().reset(due.unwrap_or(now + YEAR));
+                        event = false;
+                    }
+                }
+            }
+            line = stream.next(), if can_read => {
                 let line = match line {
-                    Err(_) => break "idle timeout".into(),
-                    Ok(None) => break "closed by wallet".into(),
-                    Ok(Some(Err(e))) => {
+                    None => break "closed by wallet".into(),
+                    Some(Err(e)) => {
                         // Over-long line or broken stream: say why, then close.
                         let resp = Response::err(Id::Null, RpcError::invalid_request(format!("{e}")));
                         let _ = write(&mut sink, resp.to_json()).await;
                         break format!("read error: {e}");
                     }
-                    Ok(Some(Ok(line))) => line,
+                    Some(Ok(line)) => line,
                 };
                 let incoming = match crate::protocol::parse(&line) {
                     Ok(i) => i,
@@ -323,6 +355,17 @@ async fn feed(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
     }
 }
 
+/// Like [`feed`], for a line shared with other sessions.
+async fn feed_line(sink: &mut FrameSink, line: Arc<str>) -> std::io::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(60), feed_shared(sink, line)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}
+
 async fn feed_all(sink: &mut FrameSink, lines: Vec<String>) -> std::io::Result<()> {
     for line in lines {
         feed(sink, line).await?;
@@ -357,14 +400,6 @@ fn note_subscription(read: &Read, order: &mut ReplyOrder) {
         }
         _ => {}
     }
-}
-
-fn header_notification(tip: &Tip) -> String {
-    Notification {
-        method: "blockchain.headers.subscribe".into(),
-        params: vec![tip.to_value()],
-    }
-    .to_json()
 }
 
 fn notification_lines(shared: &Shared, sh: &str, status: &Value) -> Vec<String> {
