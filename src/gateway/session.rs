@@ -34,7 +34,8 @@ use crate::transport::{feed_shared, FrameSink, Framed};
 /// One finished request (or batch) for the session loop to write.
 struct Outgoing {
     line: Option<String>,
-    confirms: Confirms,
+    /// Boxed: few requests confirm anything, and the channel's slots stay small.
+    confirms: Option<Box<Confirms>>,
     /// How many requests this completes.
     done: usize,
 }
@@ -123,7 +124,11 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
         },
         forms: Mutex::new(HashMap::new()),
     });
-    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(limits.max_pending_per_session + 8);
+    // Finished requests come back on a channel made with the first request: a connection
+    // that sends none but `server.version` holds none.
+    let mut out_tx: Option<mpsc::Sender<Outgoing>> = None;
+    let mut out_rx: Option<mpsc::Receiver<Outgoing>> = None;
+    let out_capacity = limits.max_pending_per_session + 8;
     let mut pending = 0usize;
     let mut unflushed = 0usize;
     let mut version_done = false;
@@ -159,7 +164,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
             biased;
             _ = &mut killed => break "too slow to take notifications".into(),
             _ = &mut shutdown => break "gateway shutting down".into(),
-            Some(out) = out_rx.recv() => {
+            Some(out) = recv_outgoing(&mut out_rx) => {
                 pending = pending.saturating_sub(out.done);
                 if let Some(line) = out.line {
                     if feed(&mut sink, line).await.is_err() {
@@ -169,7 +174,8 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 // Notifications that arrived while a subscription reply was in flight follow
                 // the reply, in order, if they differ from what the reply said.
                 let current = tip_rx.borrow().clone();
-                let follow = order.replied(out.confirms, current.as_ref().map(|n| &n.tip));
+                let confirms = out.confirms.map(|c| *c).unwrap_or_default();
+                let follow = order.replied(confirms, current.as_ref().map(|n| &n.tip));
                 let mut lines = Vec::new();
                 for (sh, status) in &follow.statuses {
                     lines.extend(notification_lines(&shared, sh, status));
@@ -186,10 +192,11 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 // Answers that are ready together go out in one write: let the request
                 // tasks that are ready run first, so their answers join this one.
                 unflushed += 1;
-                if unflushed < 64 && out_rx.is_empty() {
+                let no_more = || out_rx.as_ref().map_or(true, |rx| rx.is_empty());
+                if unflushed < 64 && no_more() {
                     tokio::task::yield_now().await;
                 }
-                if unflushed >= 64 || out_rx.is_empty() {
+                if unflushed >= 64 || no_more() {
                     unflushed = 0;
                     if flush(&mut sink).await.is_err() {
                         break "write failed".into();
@@ -276,11 +283,12 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         pending += 1;
                         let core = core.clone();
                         let shared = shared.clone();
-                        let out_tx = out_tx.clone();
+                        let out_tx = outgoing(&mut out_tx, &mut out_rx, out_capacity);
                         tokio::spawn(async move {
                             let has_id = read.id.is_some();
                             let (resp, confirms) = handle(&core, &shared, read).await;
                             let line = has_id.then(|| resp.to_json());
+                            let confirms = boxed(confirms);
                             let _ = out_tx.send(Outgoing { line, confirms, done: 1 }).await;
                         });
                     }
@@ -307,7 +315,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         pending += n;
                         let core = core.clone();
                         let shared = shared.clone();
-                        let out_tx = out_tx.clone();
+                        let out_tx = outgoing(&mut out_tx, &mut out_rx, out_capacity);
                         tokio::spawn(async move {
                             let results = futures::future::join_all(remote.into_iter().map(|read| {
                                 let core = core.clone();
@@ -326,6 +334,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                                 confirms.merge(c);
                             }
                             let line = (!lines.is_empty()).then(|| crate::protocol::batch_to_json(lines));
+                            let confirms = boxed(confirms);
                             let _ = out_tx.send(Outgoing { line, confirms, done: n }).await;
                         });
                     }
@@ -342,6 +351,32 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     core.hub.drop_session(subs, id);
     core.count_session(-1);
     let _ = sink.close().await;
+}
+
+/// The sender of finished requests, making the channel on first use.
+fn outgoing(
+    tx: &mut Option<mpsc::Sender<Outgoing>>,
+    rx: &mut Option<mpsc::Receiver<Outgoing>>,
+    capacity: usize,
+) -> mpsc::Sender<Outgoing> {
+    tx.get_or_insert_with(|| {
+        let (tx, new_rx) = mpsc::channel(capacity);
+        *rx = Some(new_rx);
+        tx
+    })
+    .clone()
+}
+
+/// The next finished request; never, before the first request made the channel.
+async fn recv_outgoing(rx: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outgoing> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn boxed(confirms: Confirms) -> Option<Box<Confirms>> {
+    (confirms != Confirms::default()).then(|| Box::new(confirms))
 }
 
 /// Queues a line without sending it; [`flush`] sends everything queued in one write.
