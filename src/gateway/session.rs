@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::hub::{SessionEvent, SessionHandle, SessionId};
 use super::local;
@@ -113,7 +112,9 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let id = core.next_session_id();
     let limits = &core.cfg.limits;
     let (ev_tx, mut ev_rx) = mpsc::channel::<SessionEvent>(4096);
-    let kill = CancellationToken::new();
+    // Cancelled by the hub for this session alone, or with the gateway's shutdown: one
+    // token for the session loop to wait on.
+    let kill = core.shutdown.child_token();
     let shared = Arc::new(Shared {
         id,
         protocol: AtomicU32::new(encode_version(PROTOCOL_MIN)),
@@ -134,7 +135,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let mut version_done = false;
     let mut tip_rx = core.pool.tip_notice_watch();
     let mut order = ReplyOrder::default();
-    // Zero: no idle timeout (the timer then fires once a year and finds nothing due).
+    // Zero: no idle timeout.
     let idle = crate::config::secs(limits.idle_timeout_secs);
     let idle = (!idle.is_zero()).then_some(idle);
     tracing::debug!(session = id, %peer, "wallet connected");
@@ -144,26 +145,30 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     // answer) then registers no new waiter on the tokens nor a new timer.
     let killed = kill.cancelled();
     tokio::pin!(killed);
-    let shutdown = core.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    // The idle timeout runs from the session's last event (as when each turn of the loop
-    // armed its own timer): one timer, moved lazily to the last event's deadline when it fires.
-    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    let idle_timer = tokio::time::sleep(idle.unwrap_or(YEAR));
+    // The session is idle when nothing happens on it (no line read, no answer, no
+    // notification) for the idle time. Events are not timed one by one (the clock is a
+    // system call on some machines): a timer ticks every quarter of the idle time, and
+    // the session closes after the ticks of a whole idle time found no event, so between
+    // 1 and 1.25 idle times after its last event.
+    let tick = idle.map_or(Duration::from_secs(3600), |idle| idle / IDLE_TICKS);
+    let idle_timer = tokio::time::sleep(tick);
     tokio::pin!(idle_timer);
-    let mut last_event = tokio::time::Instant::now();
+    let mut quiet_ticks = 0u32;
     let mut event = true;
 
     let close_reason: String = loop {
         if event {
-            last_event = tokio::time::Instant::now();
+            quiet_ticks = 0;
         }
         event = true;
         let can_read = pending < limits.max_pending_per_session;
         tokio::select! {
             biased;
-            _ = &mut killed => break "too slow to take notifications".into(),
-            _ = &mut shutdown => break "gateway shutting down".into(),
+            _ = &mut killed => break if core.shutdown.is_cancelled() {
+                "gateway shutting down".into()
+            } else {
+                "too slow to take notifications".into()
+            },
             Some(out) = recv_outgoing(&mut out_rx) => {
                 pending = pending.saturating_sub(out.done);
                 if let Some(line) = out.line {
@@ -228,14 +233,12 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 }
             }
             _ = &mut idle_timer, if can_read && idle.is_some() => {
-                let now = tokio::time::Instant::now();
-                match idle.and_then(|idle| last_event.checked_add(idle)) {
-                    Some(due) if due <= now => break "idle timeout".into(),
-                    due => {
-                        idle_timer.as_mut().reset(due.unwrap_or(now + YEAR));
-                        event = false;
-                    }
+                quiet_ticks += 1;
+                if quiet_ticks > IDLE_TICKS {
+                    break "idle timeout".into();
                 }
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + tick);
+                event = false;
             }
             line = stream.next(), if can_read => {
                 let line = match line {
@@ -379,9 +382,22 @@ fn boxed(confirms: Confirms) -> Option<Box<Confirms>> {
     (confirms != Confirms::default()).then(|| Box::new(confirms))
 }
 
-/// Queues a line without sending it; [`flush`] sends everything queued in one write.
-async fn feed(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
-    match tokio::time::timeout(Duration::from_secs(60), sink.feed(line)).await {
+/// Ticks of the idle timer per idle time.
+const IDLE_TICKS: u32 = 4;
+
+/// How long a write may wait for the wallet to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a write within [`WRITE_TIMEOUT`]. Most writes complete at once (the socket has
+/// room): the timer (and the clock read it needs) is only set up for one that must wait.
+async fn within_write_timeout(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    let mut write = std::pin::pin!(write);
+    if let std::task::Poll::Ready(r) = futures::poll!(write.as_mut()) {
+        return r;
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -390,15 +406,14 @@ async fn feed(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
     }
 }
 
+/// Queues a line without sending it; [`flush`] sends everything queued in one write.
+async fn feed(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
+    within_write_timeout(sink.feed(line)).await
+}
+
 /// Like [`feed`], for a line shared with other sessions.
 async fn feed_line(sink: &mut FrameSink, line: Arc<str>) -> std::io::Result<()> {
-    match tokio::time::timeout(Duration::from_secs(60), feed_shared(sink, line)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timed out",
-        )),
-    }
+    within_write_timeout(feed_shared(sink, line)).await
 }
 
 async fn feed_all(sink: &mut FrameSink, lines: Vec<String>) -> std::io::Result<()> {
@@ -409,13 +424,7 @@ async fn feed_all(sink: &mut FrameSink, lines: Vec<String>) -> std::io::Result<(
 }
 
 async fn flush(sink: &mut FrameSink) -> std::io::Result<()> {
-    match tokio::time::timeout(Duration::from_secs(60), sink.flush()).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timed out",
-        )),
-    }
+    within_write_timeout(sink.flush()).await
 }
 
 async fn write(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
