@@ -201,10 +201,27 @@ pub fn frame_lines<S>(io: S, max_line: usize) -> Framed
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let mut framed = CodecFramed::with_capacity(io, LineCodec::new(max_line), INITIAL_BUFFER);
+    line_framed(CodecFramed::new(io, LineCodec::new(max_line)))
+}
+
+/// Like [`frame_lines`], for one of a server's many, mostly idle connections: its read and
+/// write buffers start small ([`INITIAL_BUFFER`]), grow for a long line or a burst, and are
+/// made small again once empty (see [`LineCodec::shrinking`]).
+pub fn frame_lines_small<S>(io: S, max_line: usize) -> Framed
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let mut framed = CodecFramed::with_capacity(io, LineCodec::shrinking(max_line), INITIAL_BUFFER);
     // Lines queued together are written together up to this many bytes (tokio-util's
     // default), however small the buffer starts.
     framed.set_backpressure_boundary(WRITE_BATCH);
+    line_framed(framed)
+}
+
+fn line_framed<S>(framed: LineFramed<S>) -> Framed
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let (sink, stream) = framed.split();
     Framed {
         sink: Box::pin(LineSink { inner: sink }),
@@ -456,7 +473,7 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..3 {
             let (ours, mut theirs) = tokio::io::duplex(4096);
-            let mut framed = frame_lines(ours, 1024);
+            let mut framed = frame_lines_small(ours, 1024);
             framed.sink.send("first".into()).await.unwrap();
             feed_shared(&mut framed.sink, shared.clone()).await.unwrap();
             framed.sink.send("last".into()).await.unwrap();

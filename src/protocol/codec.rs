@@ -55,6 +55,8 @@ pub struct LineCodec {
     read_grown: bool,
     /// The write buffer grew past [`SHRINK_ABOVE`].
     write_grown: bool,
+    /// Whether buffers that grew are replaced by small ones once empty.
+    shrink: bool,
 }
 
 impl LineCodec {
@@ -65,6 +67,18 @@ impl LineCodec {
             max,
             read_grown: false,
             write_grown: false,
+            shrink: false,
+        }
+    }
+
+    /// A codec that refuses lines longer than `max` bytes and gives back the memory of a
+    /// buffer that grew past [`SHRINK_ABOVE`] once it is empty: for the many, mostly idle
+    /// connections of a server. (A connection that carries long lines all the time, to an
+    /// upstream, keeps its buffers.)
+    pub fn shrinking(max: usize) -> Self {
+        LineCodec {
+            shrink: true,
+            ..Self::new(max)
         }
     }
 }
@@ -81,12 +95,14 @@ impl Decoder for LineCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, CodecError> {
         loop {
-            if src.capacity() > SHRINK_ABOVE {
+            if self.shrink && src.capacity() > SHRINK_ABOVE {
                 self.read_grown = true;
             }
             let decoded = self.inner.decode(src);
             // The next read goes into this buffer: after a long line, a small one will do.
-            shrink_if_empty(src, &mut self.read_grown, 0);
+            if self.shrink {
+                shrink_if_empty(src, &mut self.read_grown, 0);
+            }
             match decoded {
                 Ok(Some(line)) if line.trim().is_empty() => continue,
                 Ok(other) => return Ok(other),
@@ -118,11 +134,13 @@ impl<T: AsRef<str>> Encoder<T> for LineCodec {
     fn encode(&mut self, line: T, dst: &mut BytesMut) -> Result<(), CodecError> {
         let line = line.as_ref();
         // The buffer still holds a long line written earlier: give its memory back.
-        shrink_if_empty(dst, &mut self.write_grown, line.len() + 1);
+        if self.shrink {
+            shrink_if_empty(dst, &mut self.write_grown, line.len() + 1);
+        }
         dst.reserve(line.len() + 1);
         dst.extend_from_slice(line.as_bytes());
         dst.extend_from_slice(b"\n");
-        if dst.capacity() > SHRINK_ABOVE {
+        if self.shrink && dst.capacity() > SHRINK_ABOVE {
             self.write_grown = true;
         }
         Ok(())
@@ -153,7 +171,7 @@ mod tests {
 
     #[test]
     fn read_buffer_grows_for_a_long_line_and_shrinks_once_empty() {
-        let mut c = LineCodec::new(1 << 20);
+        let mut c = LineCodec::shrinking(1 << 20);
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
         let long = format!("{{\"x\":\"{}\"}}", "a".repeat(100_000));
         buf.extend_from_slice(long.as_bytes());
@@ -173,7 +191,7 @@ mod tests {
 
     #[test]
     fn write_buffer_shrinks_after_a_long_line_was_written() {
-        let mut c = LineCodec::new(1 << 20);
+        let mut c = LineCodec::shrinking(1 << 20);
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
         let long = "x".repeat(100_000);
         c.encode(long.as_str(), &mut buf).unwrap();
@@ -186,6 +204,17 @@ mod tests {
         // Small lines queued together stay together.
         c.encode("{}", &mut buf).unwrap();
         assert_eq!(&buf[..], b"{}\n{}\n");
+    }
+
+    #[test]
+    fn buffers_of_a_codec_that_does_not_shrink_are_kept() {
+        let mut c = LineCodec::new(1 << 20);
+        let mut buf = BytesMut::new();
+        c.encode("x".repeat(100_000).as_str(), &mut buf).unwrap();
+        tokio_util::bytes::Buf::advance(&mut buf, 100_001);
+        c.encode("{}", &mut buf).unwrap();
+        // Still the same allocation: its room before the line was reclaimed.
+        assert!(buf.capacity() > SHRINK_ABOVE, "{}", buf.capacity());
     }
 
     #[test]
