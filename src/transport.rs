@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::Framed as CodecFramed;
+use tokio_util::codec::{Framed as CodecFramed, FramedRead, FramedWrite};
 
 use crate::protocol::codec::INITIAL_BUFFER;
 use crate::protocol::{CodecError, LineCodec};
@@ -88,22 +88,22 @@ type LineFramed<S> = CodecFramed<S, LineCodec>;
 /// The sending half of a line-framed stream. Its errors are `io::Error`s: every error is
 /// mapped (unlike `SinkExt::sink_map_err`, which maps one error only and panics when the
 /// failed sink is used again, closed after a failed write, say).
-struct LineSink<S> {
-    inner: SplitSink<LineFramed<S>, Line>,
+struct LineSink<T> {
+    inner: T,
 }
 
-impl<S> LineSink<S>
+impl<T> LineSink<T>
 where
-    S: AsyncRead + AsyncWrite,
+    T: Sink<Line, Error = CodecError> + Unpin,
 {
-    fn inner(self: Pin<&mut Self>) -> Pin<&mut SplitSink<LineFramed<S>, Line>> {
+    fn inner(self: Pin<&mut Self>) -> Pin<&mut T> {
         Pin::new(&mut self.get_mut().inner)
     }
 }
 
-impl<S> Sink<String> for LineSink<S>
+impl<T> Sink<String> for LineSink<T>
 where
-    S: AsyncRead + AsyncWrite,
+    T: Sink<Line, Error = CodecError> + Unpin,
 {
     type Error = io::Error;
 
@@ -126,9 +126,9 @@ where
     }
 }
 
-impl<S> FrameWrite for LineSink<S>
+impl<T> FrameWrite for LineSink<T>
 where
-    S: AsyncRead + AsyncWrite + Send,
+    T: Sink<Line, Error = CodecError> + Unpin + Send,
 {
     fn start_send_shared(self: Pin<&mut Self>, message: Arc<str>) -> io::Result<()> {
         self.inner()
@@ -216,6 +216,20 @@ where
     // default), however small the buffer starts.
     framed.set_backpressure_boundary(WRITE_BATCH);
     line_framed(framed)
+}
+
+/// Like [`frame_lines_small`], for a TCP connection: its halves are owned apart, so reading
+/// and writing take no lock.
+pub fn frame_tcp_small(stream: tokio::net::TcpStream, max_line: usize) -> Framed {
+    let (read, write) = stream.into_split();
+    let stream = FramedRead::with_capacity(read, LineCodec::shrinking(max_line), INITIAL_BUFFER);
+    let mut sink =
+        FramedWrite::with_capacity(write, LineCodec::shrinking(max_line), INITIAL_BUFFER);
+    sink.set_backpressure_boundary(WRITE_BATCH);
+    Framed {
+        sink: Box::pin(LineSink { inner: sink }),
+        stream: Box::pin(stream.map(|r| r.map_err(codec_to_io))),
+    }
 }
 
 fn line_framed<S>(framed: LineFramed<S>) -> Framed
@@ -484,6 +498,33 @@ mod tests {
         for (got, _) in &peers {
             assert_eq!(*got, format!("first\n{shared}\nlast\n"));
         }
+    }
+
+    #[tokio::test]
+    async fn tcp_halves_read_and_write_lines_apart() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut framed = frame_tcp_small(server, 1 << 20);
+        // A line longer than the buffers it starts with, then a short one.
+        let long = format!("{{\"x\":\"{}\"}}", "a".repeat(50_000));
+        client
+            .write_all(format!("{long}\n{{}}\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(framed.stream.next().await.unwrap().unwrap(), long);
+        assert_eq!(framed.stream.next().await.unwrap().unwrap(), "{}");
+        let shared: Arc<str> = Arc::from("{\"n\":1}");
+        framed.sink.feed(long.clone()).await.unwrap();
+        feed_shared(&mut framed.sink, shared.clone()).await.unwrap();
+        framed.sink.flush().await.unwrap();
+        let mut got = vec![0u8; long.len() + 1 + shared.len() + 1];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, format!("{long}\n{shared}\n").into_bytes());
+        drop(client);
+        assert!(framed.stream.next().await.is_none());
     }
 
     #[tokio::test]
