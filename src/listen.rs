@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::protocol::DEFAULT_MAX_LINE;
-use crate::transport::{frame_lines, frame_ws, Framed, Scheme, ServerUrl};
+use crate::transport::{frame_lines_small, frame_tcp_small, frame_ws, Framed, Scheme, ServerUrl};
 
 /// A TLS certificate chain and its private key.
 pub struct TlsIdentity {
@@ -334,14 +334,14 @@ async fn handshake(
         io::Error::new(io::ErrorKind::InvalidData, e.to_string())
     };
     match (scheme, tls) {
-        (Scheme::Tcp, _) => Ok(frame_lines(stream, max)),
+        (Scheme::Tcp, _) => Ok(frame_tcp_small(stream, max)),
         (Scheme::Ws, _) => {
             let ws = tokio_tungstenite::accept_async_with_config(stream, ws_config())
                 .await
                 .map_err(ws_err)?;
             Ok(frame_ws(ws, max))
         }
-        (Scheme::Ssl, Some(acceptor)) => Ok(frame_lines(acceptor.accept(stream).await?, max)),
+        (Scheme::Ssl, Some(acceptor)) => Ok(frame_lines_small(acceptor.accept(stream).await?, max)),
         (Scheme::Wss, Some(acceptor)) => {
             let tls = acceptor.accept(stream).await?;
             let ws = tokio_tungstenite::accept_async_with_config(tls, ws_config())

@@ -4,19 +4,58 @@
 //! [`Framed`]: a sink and a stream of text messages (one JSON value each). TCP and TLS frame by
 //! `\n`-terminated lines; WebSocket frames by message.
 
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::stream::SplitSink;
+use futures::{Sink, Stream, StreamExt};
 use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::Framed as CodecFramed;
+use tokio_util::codec::{Framed as CodecFramed, FramedRead, FramedWrite};
 
+use crate::protocol::codec::INITIAL_BUFFER;
 use crate::protocol::{CodecError, LineCodec};
 
-/// The sending half of a framed connection.
-pub type FrameSink = Pin<Box<dyn Sink<String, Error = io::Error> + Send>>;
+/// Bytes of queued lines past which a line sink writes before it takes more.
+const WRITE_BATCH: usize = 8 * 1024;
+
+/// The sending half of a framed connection: text messages, each sent as one line (TCP, TLS)
+/// or one WebSocket message.
+pub type FrameSink = Pin<Box<dyn FrameWrite>>;
+
+/// A sink of text messages that also takes messages shared by many connections.
+///
+/// A message written to many connections (a block's header notification, say) is made once
+/// as an `Arc<str>` and queued on each with [`FrameWrite::start_send_shared`]: no connection
+/// allocates or serializes its own copy. Use it like `start_send`, after `poll_ready`;
+/// [`feed_shared`] does both.
+pub trait FrameWrite: Sink<String, Error = io::Error> + Send {
+    /// Queues a shared message; the caller must have had `poll_ready` answer ready.
+    fn start_send_shared(self: Pin<&mut Self>, message: Arc<str>) -> io::Result<()>;
+}
+
+/// Waits until `sink` can take a message, then queues the shared `message` (without flushing).
+pub async fn feed_shared(sink: &mut FrameSink, message: Arc<str>) -> io::Result<()> {
+    futures::future::poll_fn(|cx| sink.as_mut().poll_ready(cx)).await?;
+    sink.as_mut().start_send_shared(message)
+}
+
+/// One outgoing line of the line framing: owned, or shared with other connections.
+enum Line {
+    Owned(String),
+    Shared(Arc<str>),
+}
+
+impl AsRef<str> for Line {
+    fn as_ref(&self) -> &str {
+        match self {
+            Line::Owned(s) => s,
+            Line::Shared(s) => s,
+        }
+    }
+}
 /// The receiving half of a framed connection.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Result<String, io::Error>> + Send>>;
 
@@ -44,41 +83,116 @@ fn codec_to_io(e: CodecError) -> io::Error {
     }
 }
 
-/// A sink whose errors become `io::Error`s. Unlike `SinkExt::sink_map_err`, which can map
-/// one error only and panics when the failed sink is used again (closed after a failed
-/// write, say), it maps every error.
-struct IoSink<S, F> {
-    inner: S,
-    map: F,
+type LineFramed<S> = CodecFramed<S, LineCodec>;
+
+/// The sending half of a line-framed stream. Its errors are `io::Error`s: every error is
+/// mapped (unlike `SinkExt::sink_map_err`, which maps one error only and panics when the
+/// failed sink is used again, closed after a failed write, say).
+struct LineSink<T> {
+    inner: T,
 }
 
-impl<S, F, E, T> Sink<T> for IoSink<S, F>
+impl<T> LineSink<T>
 where
-    S: Sink<T, Error = E> + Unpin,
-    F: Fn(E) -> io::Error + Unpin,
+    T: Sink<Line, Error = CodecError> + Unpin,
+{
+    fn inner(self: Pin<&mut Self>) -> Pin<&mut T> {
+        Pin::new(&mut self.get_mut().inner)
+    }
+}
+
+impl<T> Sink<String> for LineSink<T>
+where
+    T: Sink<Line, Error = CodecError> + Unpin,
 {
     type Error = io::Error;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        Pin::new(&mut this.inner).poll_ready(cx).map_err(&this.map)
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_ready(cx).map_err(codec_to_io)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: T) -> io::Result<()> {
-        let this = &mut *self;
-        Pin::new(&mut this.inner)
-            .start_send(item)
-            .map_err(&this.map)
+    fn start_send(self: Pin<&mut Self>, item: String) -> io::Result<()> {
+        self.inner()
+            .start_send(Line::Owned(item))
+            .map_err(codec_to_io)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        Pin::new(&mut this.inner).poll_flush(cx).map_err(&this.map)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_flush(cx).map_err(codec_to_io)
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        Pin::new(&mut this.inner).poll_close(cx).map_err(&this.map)
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_close(cx).map_err(codec_to_io)
+    }
+}
+
+impl<T> FrameWrite for LineSink<T>
+where
+    T: Sink<Line, Error = CodecError> + Unpin + Send,
+{
+    fn start_send_shared(self: Pin<&mut Self>, message: Arc<str>) -> io::Result<()> {
+        self.inner()
+            .start_send(Line::Shared(message))
+            .map_err(codec_to_io)
+    }
+}
+
+/// The sending half of a WebSocket, as text messages.
+struct WsSink<S> {
+    inner: SplitSink<tokio_tungstenite::WebSocketStream<S>, WsMessage>,
+}
+
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+fn ws_to_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, e.to_string())
+}
+
+impl<S> WsSink<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn inner(
+        self: Pin<&mut Self>,
+    ) -> Pin<&mut SplitSink<tokio_tungstenite::WebSocketStream<S>, WsMessage>> {
+        Pin::new(&mut self.get_mut().inner)
+    }
+}
+
+impl<S> Sink<String> for WsSink<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_ready(cx).map_err(ws_to_io)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: String) -> io::Result<()> {
+        self.inner()
+            .start_send(WsMessage::Text(item))
+            .map_err(ws_to_io)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_flush(cx).map_err(ws_to_io)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner().poll_close(cx).map_err(ws_to_io)
+    }
+}
+
+impl<S> FrameWrite for WsSink<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    fn start_send_shared(self: Pin<&mut Self>, message: Arc<str>) -> io::Result<()> {
+        // A WebSocket message owns its text: the shared line is copied once here.
+        self.inner()
+            .start_send(WsMessage::Text(message.to_string()))
+            .map_err(ws_to_io)
     }
 }
 
@@ -87,12 +201,44 @@ pub fn frame_lines<S>(io: S, max_line: usize) -> Framed
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (sink, stream) = CodecFramed::new(io, LineCodec::new(max_line)).split();
+    line_framed(CodecFramed::new(io, LineCodec::new(max_line)))
+}
+
+/// Like [`frame_lines`], for one of a server's many, mostly idle connections: its read and
+/// write buffers start small ([`INITIAL_BUFFER`]), grow for a long line or a burst, and are
+/// made small again once empty (see [`LineCodec::shrinking`]).
+pub fn frame_lines_small<S>(io: S, max_line: usize) -> Framed
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let mut framed = CodecFramed::with_capacity(io, LineCodec::shrinking(max_line), INITIAL_BUFFER);
+    // Lines queued together are written together up to this many bytes (tokio-util's
+    // default), however small the buffer starts.
+    framed.set_backpressure_boundary(WRITE_BATCH);
+    line_framed(framed)
+}
+
+/// Like [`frame_lines_small`], for a TCP connection: its halves are owned apart, so reading
+/// and writing take no lock.
+pub fn frame_tcp_small(stream: tokio::net::TcpStream, max_line: usize) -> Framed {
+    let (read, write) = stream.into_split();
+    let stream = FramedRead::with_capacity(read, LineCodec::shrinking(max_line), INITIAL_BUFFER);
+    let mut sink =
+        FramedWrite::with_capacity(write, LineCodec::shrinking(max_line), INITIAL_BUFFER);
+    sink.set_backpressure_boundary(WRITE_BATCH);
     Framed {
-        sink: Box::pin(IoSink {
-            inner: sink,
-            map: codec_to_io,
-        }),
+        sink: Box::pin(LineSink { inner: sink }),
+        stream: Box::pin(stream.map(|r| r.map_err(codec_to_io))),
+    }
+}
+
+fn line_framed<S>(framed: LineFramed<S>) -> Framed
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (sink, stream) = framed.split();
+    Framed {
+        sink: Box::pin(LineSink { inner: sink }),
         stream: Box::pin(stream.map(|r| r.map_err(codec_to_io))),
     }
 }
@@ -103,15 +249,8 @@ pub fn frame_ws<S>(ws: tokio_tungstenite::WebSocketStream<S>, max_message: usize
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    use tokio_tungstenite::tungstenite::Message as WsMessage;
     let (sink, stream) = ws.split();
-    let sink = IoSink {
-        inner: sink,
-        map: |e: tokio_tungstenite::tungstenite::Error| {
-            io::Error::new(io::ErrorKind::BrokenPipe, e.to_string())
-        },
-    }
-    .with(|s: String| async move { Ok::<_, io::Error>(WsMessage::Text(s)) });
+    let sink = WsSink { inner: sink };
     let stream = stream
         .take_while(|m| futures::future::ready(!matches!(m, Ok(WsMessage::Close(_)))))
         .filter_map(move |m| async move {
@@ -339,6 +478,72 @@ impl<'de> serde::Deserialize<'de> for ServerUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::SinkExt;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_shared_line_goes_out_whole_on_every_connection() {
+        let shared: Arc<str> = Arc::from(r#"{"jsonrpc":"2.0","method":"m","params":[1]}"#);
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (ours, mut theirs) = tokio::io::duplex(4096);
+            let mut framed = frame_lines_small(ours, 1024);
+            framed.sink.send("first".into()).await.unwrap();
+            feed_shared(&mut framed.sink, shared.clone()).await.unwrap();
+            framed.sink.send("last".into()).await.unwrap();
+            let mut got = vec![0u8; 5 + 1 + shared.len() + 1 + 4 + 1];
+            theirs.read_exact(&mut got).await.unwrap();
+            peers.push((String::from_utf8(got).unwrap(), framed));
+        }
+        for (got, _) in &peers {
+            assert_eq!(*got, format!("first\n{shared}\nlast\n"));
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_halves_read_and_write_lines_apart() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut framed = frame_tcp_small(server, 1 << 20);
+        // A line longer than the buffers it starts with, then a short one.
+        let long = format!("{{\"x\":\"{}\"}}", "a".repeat(50_000));
+        client
+            .write_all(format!("{long}\n{{}}\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(framed.stream.next().await.unwrap().unwrap(), long);
+        assert_eq!(framed.stream.next().await.unwrap().unwrap(), "{}");
+        let shared: Arc<str> = Arc::from("{\"n\":1}");
+        framed.sink.feed(long.clone()).await.unwrap();
+        feed_shared(&mut framed.sink, shared.clone()).await.unwrap();
+        framed.sink.flush().await.unwrap();
+        let mut got = vec![0u8; long.len() + 1 + shared.len() + 1];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, format!("{long}\n{shared}\n").into_bytes());
+        drop(client);
+        assert!(framed.stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_shared_line_is_one_websocket_message() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let server =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+        let mut client =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+        let mut framed = frame_ws(server, 1024);
+        let shared: Arc<str> = Arc::from(r#"{"method":"m"}"#);
+        feed_shared(&mut framed.sink, shared.clone()).await.unwrap();
+        framed.sink.flush().await.unwrap();
+        match client.next().await {
+            Some(Ok(WsMessage::Text(t))) => assert_eq!(t.as_str(), &*shared),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn a_failed_line_sink_can_still_be_closed() {

@@ -266,6 +266,49 @@ async fn hundreds_of_wallets_share_upstream_subscriptions() {
 }
 
 #[tokio::test]
+async fn every_wallet_gets_the_same_header_notification_of_the_new_tip() {
+    let net = Net::start(&THREE).await;
+    let addr = net.addr();
+    let mut wallets: Vec<Wallet> = futures::future::join_all((0..40).map(|_| async move {
+        let mut w = Wallet::connect(addr).await;
+        w.call("server.version", json!(["w", "1.4"])).await;
+        w.call("blockchain.headers.subscribe", json!([])).await;
+        w
+    }))
+    .await;
+    let mut previous = String::new();
+    for _ in 0..2 {
+        let height = net.sim.mine(1);
+        let mut lines = Vec::new();
+        for w in wallets.iter_mut() {
+            lines.push(w.read_raw_line().await.expect("a header notification"));
+        }
+        // One line, byte for byte, for every wallet: the notification of the new tip.
+        let line = &lines[0];
+        assert!(lines.iter().all(|l| l == line), "lines differ: {lines:?}");
+        assert!(
+            line.ends_with("}\n") && line.matches('\n').count() == 1,
+            "{line:?}"
+        );
+        assert_ne!(
+            *line, previous,
+            "the notification of the earlier tip was sent again"
+        );
+        let n: Value = serde_json::from_str(line).expect("JSON");
+        assert_eq!(n["jsonrpc"], "2.0");
+        assert_eq!(n["method"], "blockchain.headers.subscribe");
+        assert!(n.get("id").is_none());
+        assert_eq!(n["params"][0]["height"], height);
+        // It carries the tip the gateway serves.
+        let tip = wallets[0]
+            .call("blockchain.headers.subscribe", json!([]))
+            .await;
+        assert_eq!(n["params"], json!([tip]));
+        previous = line.clone();
+    }
+}
+
+#[tokio::test]
 async fn killed_upstream_costs_no_read_and_no_notification() {
     let net = Net::start(&THREE).await;
     let mut watchers = Vec::new();

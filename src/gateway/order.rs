@@ -86,17 +86,25 @@ impl ReplyOrder {
     /// The verified tip moved to `current`: the header notification to write now, if the
     /// wallet subscribed, no reply is in flight, and it was told another tip.
     pub fn tip(&mut self, current: Option<&Tip>) -> Option<Tip> {
+        let cur = current?;
+        self.tip_moved(cur).then(|| cur.clone())
+    }
+
+    /// Like [`ReplyOrder::tip`], without copying the tip out: true when the header
+    /// notification of `current` is to be written now. The tip the wallet was told is updated
+    /// in place, so a session that only compares allocates nothing.
+    pub fn tip_moved(&mut self, current: &Tip) -> bool {
         if self.headers_pending > 0 {
-            return None;
+            return false;
         }
-        let (Some(Some(sent)), Some(cur)) = (&self.headers_sent, current) else {
-            return None;
+        let Some(Some(sent)) = &mut self.headers_sent else {
+            return false;
         };
-        if sent == cur {
-            return None;
+        if sent == current {
+            return false;
         }
-        self.headers_sent = Some(Some(cur.clone()));
-        Some(cur.clone())
+        sent.clone_from(current);
+        true
     }
 
     /// A reply carrying `confirms` was written: what must follow it now, given the verified

@@ -28,7 +28,7 @@ use crate::client::{
 };
 use crate::config::{secs, Config};
 use crate::metrics::Metrics;
-use crate::protocol::Tip;
+use crate::protocol::{Tip, TipNotice};
 use crate::servers::ServerInfo;
 use crate::transport::{Scheme, ServerUrl};
 use crate::verify::{ChainTracker, Demotion, Placement, Reason, Verdict};
@@ -226,6 +226,11 @@ impl Pool {
     /// The gateway's verified best tip, as a watch.
     pub fn tip_watch(&self) -> watch::Receiver<Option<Tip>> {
         self.tracker.tip_watch()
+    }
+
+    /// The gateway's verified best tip with its header notification, as a watch.
+    pub fn tip_notice_watch(&self) -> watch::Receiver<Option<Arc<TipNotice>>> {
+        self.tracker.notice_watch()
     }
 
     /// The gateway's verified best tip now.

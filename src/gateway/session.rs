@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::hub::{SessionEvent, SessionHandle, SessionId};
 use super::local;
@@ -27,14 +26,15 @@ use crate::metrics::method_label;
 use crate::protocol::error::EXCESSIVE_RESOURCE_USAGE;
 use crate::protocol::methods::{Kind, PROTOCOL_MIN};
 use crate::protocol::{
-    Args, Call, Id, Incoming, Message, Notification, ParseContext, Request, Response, RpcError, Tip,
+    Args, Call, Id, Incoming, Message, Notification, ParseContext, Request, Response, RpcError,
 };
-use crate::transport::{FrameSink, Framed};
+use crate::transport::{feed_shared, FrameSink, Framed};
 
 /// One finished request (or batch) for the session loop to write.
 struct Outgoing {
     line: Option<String>,
-    confirms: Confirms,
+    /// Boxed: few requests confirm anything, and the channel's slots stay small.
+    confirms: Option<Box<Confirms>>,
     /// How many requests this completes.
     done: usize,
 }
@@ -112,7 +112,9 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let id = core.next_session_id();
     let limits = &core.cfg.limits;
     let (ev_tx, mut ev_rx) = mpsc::channel::<SessionEvent>(4096);
-    let kill = CancellationToken::new();
+    // Cancelled by the hub for this session alone, or with the gateway's shutdown: one
+    // token for the session loop to wait on.
+    let kill = core.shutdown.child_token();
     let shared = Arc::new(Shared {
         id,
         protocol: AtomicU32::new(encode_version(PROTOCOL_MIN)),
@@ -123,28 +125,51 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
         },
         forms: Mutex::new(HashMap::new()),
     });
-    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(limits.max_pending_per_session + 8);
+    // Finished requests come back on a channel made with the first request: a connection
+    // that sends none but `server.version` holds none.
+    let mut out_tx: Option<mpsc::Sender<Outgoing>> = None;
+    let mut out_rx: Option<mpsc::Receiver<Outgoing>> = None;
+    let out_capacity = limits.max_pending_per_session + 8;
     let mut pending = 0usize;
     let mut unflushed = 0usize;
     let mut version_done = false;
-    let mut tip_rx = core.pool.tip_watch();
+    let mut tip_rx = core.pool.tip_notice_watch();
     let mut order = ReplyOrder::default();
+    // Zero: no idle timeout.
     let idle = crate::config::secs(limits.idle_timeout_secs);
-    let idle = if idle.is_zero() {
-        Duration::from_secs(u64::MAX / 4)
-    } else {
-        idle
-    };
+    let idle = (!idle.is_zero()).then_some(idle);
     tracing::debug!(session = id, %peer, "wallet connected");
     core.count_session(1);
 
+    // Futures that live as long as the session are made once: a wake-up (a block, an
+    // answer) then registers no new waiter on the tokens nor a new timer.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
+    // The session is idle when nothing happens on it (no line read, no answer, no
+    // notification) for the idle time. Events are not timed one by one (the clock is a
+    // system call on some machines): a timer ticks every quarter of the idle time, and
+    // the session closes after the ticks of a whole idle time found no event, so between
+    // 1 and 1.25 idle times after its last event.
+    let tick = idle.map_or(Duration::from_secs(3600), |idle| idle / IDLE_TICKS);
+    let idle_timer = tokio::time::sleep(tick);
+    tokio::pin!(idle_timer);
+    let mut quiet_ticks = 0u32;
+    let mut event = true;
+
     let close_reason: String = loop {
+        if event {
+            quiet_ticks = 0;
+        }
+        event = true;
         let can_read = pending < limits.max_pending_per_session;
         tokio::select! {
             biased;
-            _ = kill.cancelled() => break "too slow to take notifications".into(),
-            _ = core.shutdown.cancelled() => break "gateway shutting down".into(),
-            Some(out) = out_rx.recv() => {
+            _ = &mut killed => break if core.shutdown.is_cancelled() {
+                "gateway shutting down".into()
+            } else {
+                "too slow to take notifications".into()
+            },
+            Some(out) = recv_outgoing(&mut out_rx) => {
                 pending = pending.saturating_sub(out.done);
                 if let Some(line) = out.line {
                     if feed(&mut sink, line).await.is_err() {
@@ -154,22 +179,29 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 // Notifications that arrived while a subscription reply was in flight follow
                 // the reply, in order, if they differ from what the reply said.
                 let current = tip_rx.borrow().clone();
-                let follow = order.replied(out.confirms, current.as_ref());
+                let confirms = out.confirms.map(|c| *c).unwrap_or_default();
+                let follow = order.replied(confirms, current.as_ref().map(|n| &n.tip));
                 let mut lines = Vec::new();
                 for (sh, status) in &follow.statuses {
                     lines.extend(notification_lines(&shared, sh, status));
                 }
-                lines.extend(follow.tip.as_ref().map(header_notification));
                 if feed_all(&mut sink, lines).await.is_err() {
                     break "write failed".into();
+                }
+                // A tip to follow the reply is the current one (`replied` compares with it).
+                if let (Some(_), Some(notice)) = (&follow.tip, &current) {
+                    if feed_line(&mut sink, notice.line.clone()).await.is_err() {
+                        break "write failed".into();
+                    }
                 }
                 // Answers that are ready together go out in one write: let the request
                 // tasks that are ready run first, so their answers join this one.
                 unflushed += 1;
-                if unflushed < 64 && out_rx.is_empty() {
+                let no_more = || out_rx.as_ref().map_or(true, |rx| rx.is_empty());
+                if unflushed < 64 && no_more() {
                     tokio::task::yield_now().await;
                 }
-                if unflushed >= 64 || out_rx.is_empty() {
+                if unflushed >= 64 || no_more() {
                     unflushed = 0;
                     if flush(&mut sink).await.is_err() {
                         break "write failed".into();
@@ -190,24 +222,34 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 if changed.is_err() {
                     break "gateway shutting down".into();
                 }
+                // The notification was serialized once for all sessions: only the reference
+                // is copied here.
                 let current = tip_rx.borrow_and_update().clone();
-                if let Some(tip) = order.tip(current.as_ref()) {
-                    if write(&mut sink, header_notification(&tip)).await.is_err() {
+                if let Some(notice) = current.filter(|n| order.tip_moved(&n.tip)) {
+                    let line = notice.line.clone();
+                    if feed_line(&mut sink, line).await.is_err() || flush(&mut sink).await.is_err() {
                         break "write failed".into();
                     }
                 }
             }
-            line = tokio::time::timeout(idle, stream.next()), if can_read => {
+            _ = &mut idle_timer, if can_read && idle.is_some() => {
+                quiet_ticks += 1;
+                if quiet_ticks > IDLE_TICKS {
+                    break "idle timeout".into();
+                }
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + tick);
+                event = false;
+            }
+            line = stream.next(), if can_read => {
                 let line = match line {
-                    Err(_) => break "idle timeout".into(),
-                    Ok(None) => break "closed by wallet".into(),
-                    Ok(Some(Err(e))) => {
+                    None => break "closed by wallet".into(),
+                    Some(Err(e)) => {
                         // Over-long line or broken stream: say why, then close.
                         let resp = Response::err(Id::Null, RpcError::invalid_request(format!("{e}")));
                         let _ = write(&mut sink, resp.to_json()).await;
                         break format!("read error: {e}");
                     }
-                    Ok(Some(Ok(line))) => line,
+                    Some(Ok(line)) => line,
                 };
                 let incoming = match crate::protocol::parse(&line) {
                     Ok(i) => i,
@@ -244,11 +286,12 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         pending += 1;
                         let core = core.clone();
                         let shared = shared.clone();
-                        let out_tx = out_tx.clone();
+                        let out_tx = outgoing(&mut out_tx, &mut out_rx, out_capacity);
                         tokio::spawn(async move {
                             let has_id = read.id.is_some();
                             let (resp, confirms) = handle(&core, &shared, read).await;
                             let line = has_id.then(|| resp.to_json());
+                            let confirms = boxed(confirms);
                             let _ = out_tx.send(Outgoing { line, confirms, done: 1 }).await;
                         });
                     }
@@ -275,7 +318,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         pending += n;
                         let core = core.clone();
                         let shared = shared.clone();
-                        let out_tx = out_tx.clone();
+                        let out_tx = outgoing(&mut out_tx, &mut out_rx, out_capacity);
                         tokio::spawn(async move {
                             let results = futures::future::join_all(remote.into_iter().map(|read| {
                                 let core = core.clone();
@@ -294,6 +337,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                                 confirms.merge(c);
                             }
                             let line = (!lines.is_empty()).then(|| crate::protocol::batch_to_json(lines));
+                            let confirms = boxed(confirms);
                             let _ = out_tx.send(Outgoing { line, confirms, done: n }).await;
                         });
                     }
@@ -312,15 +356,64 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let _ = sink.close().await;
 }
 
-/// Queues a line without sending it; [`flush`] sends everything queued in one write.
-async fn feed(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
-    match tokio::time::timeout(Duration::from_secs(60), sink.feed(line)).await {
+/// The sender of finished requests, making the channel on first use.
+fn outgoing(
+    tx: &mut Option<mpsc::Sender<Outgoing>>,
+    rx: &mut Option<mpsc::Receiver<Outgoing>>,
+    capacity: usize,
+) -> mpsc::Sender<Outgoing> {
+    tx.get_or_insert_with(|| {
+        let (tx, new_rx) = mpsc::channel(capacity);
+        *rx = Some(new_rx);
+        tx
+    })
+    .clone()
+}
+
+/// The next finished request; never, before the first request made the channel.
+async fn recv_outgoing(rx: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outgoing> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn boxed(confirms: Confirms) -> Option<Box<Confirms>> {
+    (confirms != Confirms::default()).then(|| Box::new(confirms))
+}
+
+/// Ticks of the idle timer per idle time.
+const IDLE_TICKS: u32 = 4;
+
+/// How long a write may wait for the wallet to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a write within [`WRITE_TIMEOUT`]. Most writes complete at once (the socket has
+/// room): the timer (and the clock read it needs) is only set up for one that must wait.
+async fn within_write_timeout(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    let mut write = std::pin::pin!(write);
+    if let std::task::Poll::Ready(r) = futures::poll!(write.as_mut()) {
+        return r;
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "write timed out",
         )),
     }
+}
+
+/// Queues a line without sending it; [`flush`] sends everything queued in one write.
+async fn feed(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
+    within_write_timeout(sink.feed(line)).await
+}
+
+/// Like [`feed`], for a line shared with other sessions.
+async fn feed_line(sink: &mut FrameSink, line: Arc<str>) -> std::io::Result<()> {
+    within_write_timeout(feed_shared(sink, line)).await
 }
 
 async fn feed_all(sink: &mut FrameSink, lines: Vec<String>) -> std::io::Result<()> {
@@ -331,13 +424,7 @@ async fn feed_all(sink: &mut FrameSink, lines: Vec<String>) -> std::io::Result<(
 }
 
 async fn flush(sink: &mut FrameSink) -> std::io::Result<()> {
-    match tokio::time::timeout(Duration::from_secs(60), sink.flush()).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timed out",
-        )),
-    }
+    within_write_timeout(sink.flush()).await
 }
 
 async fn write(sink: &mut FrameSink, line: String) -> std::io::Result<()> {
@@ -357,14 +444,6 @@ fn note_subscription(read: &Read, order: &mut ReplyOrder) {
         }
         _ => {}
     }
-}
-
-fn header_notification(tip: &Tip) -> String {
-    Notification {
-        method: "blockchain.headers.subscribe".into(),
-        params: vec![tip.to_value()],
-    }
-    .to_json()
 }
 
 fn notification_lines(shared: &Shared, sh: &str, status: &Value) -> Vec<String> {

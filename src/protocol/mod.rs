@@ -16,4 +16,4 @@ pub use message::{
     Response, SubscriptionKey,
 };
 pub use methods::{lookup, MethodInfo, Policy};
-pub use tip::Tip;
+pub use tip::{Tip, TipNotice};

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A block tip: its height and its 80-byte header in hex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,31 @@ impl Tip {
     }
 }
 
+/// A tip with its `blockchain.headers.subscribe` notification, serialized once: the line every
+/// connection subscribed to headers is sent when the tip moves, shared by all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TipNotice {
+    /// The tip.
+    pub tip: Tip,
+    /// The notification, one JSON-RPC message without a line end.
+    pub line: Arc<str>,
+}
+
+impl TipNotice {
+    /// Serializes the notification of `tip`.
+    pub fn new(tip: Tip) -> TipNotice {
+        let line = crate::protocol::Notification {
+            method: "blockchain.headers.subscribe".into(),
+            params: vec![tip.to_value()],
+        }
+        .to_json();
+        TipNotice {
+            tip,
+            line: line.into(),
+        }
+    }
+}
+
 /// Decodes one 80-byte header from hex.
 pub fn header_from_hex(hex: &str) -> Option<bitcoin::block::Header> {
     use bitcoin::hex::FromHex;
@@ -76,5 +102,20 @@ mod tests {
             hex: "zz".repeat(80),
         };
         assert_eq!(bad.block_hash(), None);
+    }
+
+    #[test]
+    fn a_notice_is_the_notification_of_its_tip() {
+        let tip = Tip {
+            height: 7,
+            hex: "ab".repeat(80),
+        };
+        let notice = TipNotice::new(tip.clone());
+        let v: Value = serde_json::from_str(&notice.line).expect("JSON");
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["method"], "blockchain.headers.subscribe");
+        assert_eq!(v["params"], serde_json::json!([tip.to_value()]));
+        assert!(v.get("id").is_none());
+        assert_eq!(notice.tip, tip);
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::Reason;
 use crate::chain::{parse_headers_hex, Accepted, ChainParams, HeaderChain, RejectReason};
 use crate::protocol::tip::header_from_hex;
-use crate::protocol::Tip;
+use crate::protocol::{Tip, TipNotice};
 
 /// The verified chain and where upstreams' tips stand on it.
 pub struct ChainTracker {
@@ -32,6 +32,8 @@ pub struct ChainTracker {
     /// The chain's rules, readable without the lock.
     params: ChainParams,
     tip: watch::Sender<Option<Tip>>,
+    /// The verified best tip with its notification line; changes before `tip` does.
+    notice: watch::Sender<Option<Arc<TipNotice>>>,
     /// Highest tip height any upstream announced (the sync target).
     target: watch::Sender<u32>,
     max_lag: u32,
@@ -61,6 +63,7 @@ impl ChainTracker {
         Ok(Arc::new(ChainTracker {
             params: chain.params().clone(),
             chain: Mutex::new(chain),
+            notice: watch::channel(Some(Arc::new(TipNotice::new(tip.clone())))).0,
             tip: watch::channel(Some(tip)).0,
             target: watch::channel(0).0,
             max_lag,
@@ -73,12 +76,23 @@ impl ChainTracker {
         self.tip.subscribe()
     }
 
+    /// The verified best tip with its header notification, serialized once for every
+    /// session, as a watch. It changes before [`ChainTracker::tip_watch`] does, and
+    /// [`ChainTracker::tip`] reads it: a session comparing a reply's tip with it sees one tip.
+    pub fn notice_watch(&self) -> watch::Receiver<Option<Arc<TipNotice>>> {
+        self.notice.subscribe()
+    }
+
     /// The verified best tip.
     pub fn tip(&self) -> Tip {
-        self.tip.borrow().clone().unwrap_or(Tip {
-            height: 0,
-            hex: String::new(),
-        })
+        self.notice
+            .borrow()
+            .as_ref()
+            .map(|n| n.tip.clone())
+            .unwrap_or(Tip {
+                height: 0,
+                hex: String::new(),
+            })
     }
 
     /// The sync target as a watch (highest tip height an upstream announced).
@@ -197,14 +211,17 @@ impl ChainTracker {
                 "chain reorganised to a heavier branch"
             );
         }
-        self.tip.send_if_modified(|t| {
-            if t.as_ref() == Some(&tip) {
+        let moved = self.notice.send_if_modified(|n| {
+            if n.as_ref().map(|n| &n.tip) == Some(&tip) {
                 false
             } else {
-                *t = Some(tip);
+                *n = Some(Arc::new(TipNotice::new(tip.clone())));
                 true
             }
         });
+        if moved {
+            self.tip.send_replace(Some(tip));
+        }
     }
 
     /// Breaks a tie between branches of equal work by the upstreams' majority: when more of

@@ -69,6 +69,16 @@ impl Wallet {
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}")))
     }
 
+    /// Reads one line exactly as the gateway wrote it, line end included; None on EOF.
+    pub async fn read_raw_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("timed out waiting for a line")
+            .ok()?;
+        (n > 0).then_some(line)
+    }
+
     /// Sends a request and returns its id.
     pub async fn send(&mut self, method: &str, params: Value) -> i64 {
         let id = self.next_id;
