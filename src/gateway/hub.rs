@@ -31,16 +31,21 @@ use crate::verify::{check_history_status, Reason, Verdict};
 /// Identifies a wallet session.
 pub type SessionId = u64;
 
-/// What the hub sends a session.
+/// What the hub sends a session. One pointer wide: a session's mailbox allocates its slots
+/// in blocks of 32, the first one up front, for every wallet connection.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
     /// A scripthash's status changed.
-    Status {
-        /// The scripthash.
-        scripthash: Arc<str>,
-        /// The new status (hex string or null).
-        status: Value,
-    },
+    Status(Box<StatusChange>),
+}
+
+/// A scripthash's new status.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    /// The scripthash.
+    pub scripthash: Arc<str>,
+    /// The new status (hex string or null).
+    pub status: Value,
 }
 
 /// A session's mailbox as the hub sees it. A session that cannot keep up (full mailbox) is
@@ -269,10 +274,10 @@ impl Hub {
             st.sessions.clone()
         };
         for s in targets {
-            let ev = SessionEvent::Status {
+            let ev = SessionEvent::Status(Box::new(StatusChange {
                 scripthash: entry.scripthash.clone(),
                 status: status.clone(),
-            };
+            }));
             if s.tx.try_send(ev).is_err() {
                 tracing::warn!(
                     session = s.id,
@@ -831,7 +836,8 @@ mod tests {
         hub.apply(&entry, json!("s2"));
         hub.apply(&entry, json!("s2"));
         for rx in [&mut a_rx, &mut b_rx] {
-            let SessionEvent::Status { scripthash, status } = rx.try_recv().unwrap();
+            let SessionEvent::Status(change) = rx.try_recv().unwrap();
+            let StatusChange { scripthash, status } = *change;
             assert_eq!((&*scripthash, status), (SH, json!("s2")));
             assert!(rx.try_recv().is_err());
         }

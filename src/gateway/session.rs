@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::hub::{SessionEvent, SessionHandle, SessionId};
+use super::hub::{SessionEvent, SessionHandle, SessionId, StatusChange};
 use super::local;
 use super::order::{Confirms, ReplyOrder};
 use super::router::unavailable;
@@ -209,7 +209,8 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                 }
             }
             Some(ev) = ev_rx.recv() => {
-                let SessionEvent::Status { scripthash, status } = ev;
+                let SessionEvent::Status(change) = ev;
+                let StatusChange { scripthash, status } = *change;
                 if !order.status(&scripthash, &status) {
                     continue;
                 }
