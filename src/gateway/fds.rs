@@ -13,6 +13,8 @@ use crate::config::Config;
 pub const FD_RESERVE: u64 = 64;
 
 /// The process's limit on open files: (soft, hard). `None` where it cannot be read (not Unix).
+// `rlim_t` is u64 on Linux but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
 pub fn open_files_limit() -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
@@ -32,6 +34,7 @@ pub fn open_files_limit() -> Option<(u64, u64)> {
 
 /// Raises the soft limit on open files to the hard limit. Returns the limit in force
 /// afterwards (the old one when raising failed), `None` where there is no such limit.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_open_files_limit() -> Option<u64> {
     #[cfg(unix)]
     {
