@@ -166,6 +166,10 @@ start_gateway() { # NAME PORT POLICY BACKEND_PORT... ; POLICY fastest, quorum or
   shift 3
   local servers=""
   for b in "$@"; do servers+="\"tcp://127.0.0.1:$b\", "; done
+  # A fresh data directory: the gateway keeps its verified header chain there, and a chain
+  # from an earlier run's mined blocks would outrun the fresh simulator (every upstream
+  # demoted as lagging, subscriptions never answered).
+  rm -rf "$WORK/$name-data"
   {
     echo "network = \"regtest\""
     echo "data_dir = \"$WORK/$name-data\""
