@@ -2,18 +2,35 @@
 # Measures, on this machine and in one run, the same load sent straight to a simulated Electrum
 # server, through HAProxy in TCP mode, and through electrum-gateway (fastest and quorum
 # policies); then wallet-scale scenarios (10,000 subscriptions over 1,000 wallets, block
-# notification fan-out, memory per connection and per subscription) and failover. Prints one
-# table with ratios against direct and against HAProxy and writes it to bench/RESULTS.md.
+# notification fan-out, memory per connection and per subscription), failover, and the
+# gateway in front of three real ElectrumX. Prints a table of the goals and one with ratios
+# against direct and against HAProxy, and writes them to bench/RESULTS.md.
 #
-#   bench/run.sh                                      # full run, about 8 minutes
-#   DUR=1 REPS=1 WALLETS=100 SUBS=1000 bench/run.sh   # a quick smoke run
+#   bench/run.sh                                      # full run, about 25 minutes
+#   DUR=1 REPS=1 WALLETS=100 SUBS=1000 MILLION_WALLETS=1000 MILLION_SUBS=20000 \
+#     FANOUT_WALLETS=1000 EX_WALLETS=20 bench/run.sh  # a quick smoke run
+#
+# Phases (PHASES, default all, in this order):
+#   load      16 x 8 and 1 x 1 pass-through load: direct, HAProxy, gateway fastest and quorum
+#   fifty     get_balance of one scripthash, 50 x 1 and 50 x 8: direct, HAProxy, gateway
+#             `fastest` and gateway with its default policy; block.header 50 x 8
+#   wallets   WALLETS wallets subscribe to SUBS scripthashes, then blocks fan out to them
+#   million   MILLION_WALLETS (10,000) idle wallets, then MILLION_SUBS (1,000,000) distinct
+#             scripthashes subscribed through the gateway: memory per idle connection and
+#             RSS growth; stops at MILLION_LIMIT seconds (600) or MILLION_RSS_CAP_MIB (4096)
+#             of growth and reports how far it got
+#   fanout    FANOUT_WALLETS (10,000) wallets subscribed to headers: block to notification
+#   failover  the upstream in use is killed under load
+#   electrumx three real ElectrumX (.venv, see .ci/run) fed by a simulated bitcoind:
+#             EX_WALLETS (200) wallets x 5 subscriptions and cache-hit transaction reads,
+#             gateway against one ElectrumX (examples/electrumx_bench.rs)
 #
 # Environment: DUR (seconds per throughput run, default 4), REPS (runs per cell, default 3;
-# the table shows medians), WALLETS (default 1000), SUBS (default 10000), PHASES (default
-# "load wallets failover"), PORT_BASE (default 24000), CARGO_TARGET_DIR (default target), OUT
-# (default bench/RESULTS.md), KEEP (keep the work directory with logs and JSON results). The
-# machine's first CPU runs the load generator, the second runs everything under test
-# (taskset), when there are at least two.
+# the table shows medians), WALLETS (default 1000), SUBS (default 10000), the sizes above,
+# PHASES, PORT_BASE (default 24000), CARGO_TARGET_DIR (default target), OUT (default
+# bench/RESULTS.md), KEEP (keep the work directory with logs and JSON results). The machine's
+# first CPU runs the load generator, the second runs everything under test (taskset), when
+# there are at least two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -25,7 +42,13 @@ SUBS=${SUBS:-10000}
 # Below Linux's ephemeral range (32768-60999), so that the thousands of client connections
 # of one phase cannot hold a port the next phase listens on.
 P=${PORT_BASE:-24000}
-PHASES=${PHASES:-load wallets failover}
+MILLION_WALLETS=${MILLION_WALLETS:-10000}
+MILLION_SUBS=${MILLION_SUBS:-1000000}
+MILLION_LIMIT=${MILLION_LIMIT:-600}
+MILLION_RSS_CAP_MIB=${MILLION_RSS_CAP_MIB:-4096}
+FANOUT_WALLETS=${FANOUT_WALLETS:-10000}
+EX_WALLETS=${EX_WALLETS:-200}
+PHASES=${PHASES:-load fifty wallets million fanout failover electrumx}
 OUT=${OUT:-$ROOT/bench/RESULTS.md}
 export RUST_BACKTRACE=0 RUST_LOG=${RUST_LOG:-warn}
 
@@ -35,7 +58,14 @@ command -v jq >/dev/null 2>&1 || need+=(jq)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-ulimit -n 20000 2>/dev/null || true
+# Thousands of wallet connections: one descriptor each in the load generator and the gateway,
+# two in HAProxy. The soft limit goes up to the hard one (the gateway raises its own too).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+# Above the largest phase's wallets, so that the gateway's session limit never refuses one.
+MAX_SESSIONS=$((MILLION_WALLETS > FANOUT_WALLETS ? MILLION_WALLETS : FANOUT_WALLETS))
+MAX_SESSIONS=$((MAX_SESSIONS > WALLETS ? MAX_SESSIONS : WALLETS))
+MAX_SESSIONS=$((MAX_SESSIONS + 100))
 
 cargo build --release --quiet
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/electrum-gateway
@@ -112,7 +142,7 @@ start_haproxy() { # NAME PORT BALANCE BACKEND_PORT...
   shift 3
   {
     echo "global"
-    echo "    maxconn 9000"
+    echo "    maxconn $(((NOFILE - 100) / 2))"
     echo "defaults"
     echo "    mode tcp"
     echo "    timeout connect 1s"
@@ -131,11 +161,15 @@ start_haproxy() { # NAME PORT BALANCE BACKEND_PORT...
   wait_port "$port" "$name"
 }
 
-start_gateway() { # NAME PORT POLICY BACKEND_PORT...
+start_gateway() { # NAME PORT POLICY BACKEND_PORT... ; POLICY fastest, quorum or default
   local name=$1 port=$2 policy=$3
   shift 3
   local servers=""
   for b in "$@"; do servers+="\"tcp://127.0.0.1:$b\", "; done
+  # A fresh data directory: the gateway keeps its verified header chain there, and a chain
+  # from an earlier run's mined blocks would outrun the fresh simulator (every upstream
+  # demoted as lagging, subscriptions never answered).
+  rm -rf "$WORK/$name-data"
   {
     echo "network = \"regtest\""
     echo "data_dir = \"$WORK/$name-data\""
@@ -147,19 +181,24 @@ start_gateway() { # NAME PORT POLICY BACKEND_PORT...
     echo "servers = [${servers%, }]"
     echo "use_server_list = false"
     echo "reconnect_initial_secs = 0.2"
+    echo "[limits]"
+    echo "max_sessions = $MAX_SESSIONS"
     # `fastest`: every read to the best upstream (the defaults vote on scripthash reads);
     # `quorum`: every upstream read asks all three upstreams. Headers are served from the
     # gateway's verified chain either way.
+    # `default`: the gateway's own policies (scripthash reads voted, quorum of 2).
     if [ "$policy" = quorum ]; then
       echo "[routing]"
       echo "quorum = 3"
     fi
-    echo "[routing.policy]"
-    for m in blockchain.scripthash.get_balance blockchain.scripthash.get_history \
-      blockchain.scripthash.listunspent blockchain.transaction.get \
-      blockchain.transaction.get_merkle; do
-      echo "\"$m\" = \"$policy\""
-    done
+    if [ "$policy" != default ]; then
+      echo "[routing.policy]"
+      for m in blockchain.scripthash.get_balance blockchain.scripthash.get_history \
+        blockchain.scripthash.listunspent blockchain.transaction.get \
+        blockchain.transaction.get_merkle; do
+        echo "\"$m\" = \"$policy\""
+      done
+    fi
   } >"$WORK/$name.toml"
   start "$name" "$BIN" --config "$WORK/$name.toml"
   wait_port "$port" "$name"
@@ -218,6 +257,38 @@ done
 stop "$GW" "$GWQ" "$HAP" "$SIM"
 fi
 
+# ---- 1b. fifty wallets reading one scripthash's balance ------------------------------------
+
+if phase fifty; then
+echo "== 50 connections, one scripthash (${DUR}s per run)" >&2
+start_sim sim-50 "${SIM_PORTS[@]}"
+SIM=$LAST_PID
+start_haproxy haproxy-50 $((P + 100)) roundrobin "${SIM_PORTS[@]}"
+HAP=$LAST_PID
+start_gateway gw-50 $((P + 200)) fastest "${SIM_PORTS[@]}"
+GW=$LAST_PID
+start_gateway gwd-50 $((P + 202)) default "${SIM_PORTS[@]}"
+GWD=$LAST_PID
+declare -A URL50=(
+  [direct]="tcp://127.0.0.1:${SIM_PORTS[0]}" [haproxy]="tcp://127.0.0.1:$((P + 100))"
+  [gateway]="tcp://127.0.0.1:$((P + 200))" [default]="tcp://127.0.0.1:$((P + 202))"
+)
+declare -A PID50=([direct]=$SIM [haproxy]=$HAP [gateway]=$GW [default]=$GWD)
+for r in $(seq "$REPS"); do
+  for k in 1 8; do
+    for t in direct haproxy gateway default; do
+      bench "fifty$k-$t@$r" --server "${URL50[$t]}" --pid "${PID50[$t]}" --connections 50 \
+        --pipeline "$k" --duration "$DUR" --warmup 0.5 --method blockchain.scripthash.get_balance --scripthashes 1
+    done
+  done
+  for t in direct haproxy gateway; do
+    bench "header50-$t@$r" --server "${URL50[$t]}" --pid "${PID50[$t]}" --connections 50 \
+      --pipeline 8 --duration "$DUR" --warmup 0.5 --method blockchain.block.header
+  done
+done
+stop "$GW" "$GWD" "$HAP" "$SIM"
+fi
+
 # ---- 2. wallets: subscriptions, memory, fan-out ----------------------------------------------
 
 if phase wallets; then
@@ -250,6 +321,54 @@ done
 done
 fi
 
+# ---- 2b. a million subscriptions over ten thousand wallets ---------------------------------
+
+if phase million; then
+echo "== $MILLION_WALLETS wallets, $MILLION_SUBS subscriptions through the gateway" >&2
+start_sim sim-m "${SIM_PORTS[@]}"
+sim=$LAST_PID
+start_gateway gw-m $((P + 200)) fastest "${SIM_PORTS[@]}"
+gw=$LAST_PID
+# Wallets connect and send server.version only (memory per idle connection), then subscribe to
+# distinct scripthashes; a limit stops the run where it is and the report says how far it got.
+bench "million-gateway@1" --scenario subscriptions --server "tcp://127.0.0.1:$((P + 200))" \
+  --pid "$gw" --connections "$MILLION_WALLETS" --subscriptions "$MILLION_SUBS" --pipeline 10 \
+  --subscribe-limit "$MILLION_LIMIT" --max-rss-growth-mib "$MILLION_RSS_CAP_MIB"
+stop "$gw" "$sim"
+fi
+
+# ---- 2c. block notification fan-out at ten thousand wallets ---------------------------------
+
+if phase fanout; then
+echo "== fan-out to $FANOUT_WALLETS wallets" >&2
+# HAProxy holds two descriptors per wallet (the wallet's and the upstream's).
+FANOUT_TARGETS=(direct gateway)
+if [ $((2 * FANOUT_WALLETS + 100)) -le "$NOFILE" ]; then FANOUT_TARGETS+=(haproxy); fi
+for t in "${FANOUT_TARGETS[@]}"; do
+  start_sim sim-f-$t "${SIM_PORTS[@]}"
+  sim=$LAST_PID
+  pids=("$sim")
+  case $t in
+    direct) url="tcp://127.0.0.1:${SIM_PORTS[0]}" pid=$sim ;;
+    haproxy)
+      start_haproxy haproxy-f $((P + 100)) roundrobin "${SIM_PORTS[@]}"
+      url="tcp://127.0.0.1:$((P + 100))" pid=$LAST_PID
+      pids+=("$LAST_PID")
+      ;;
+    gateway)
+      start_gateway gw-f $((P + 200)) fastest "${SIM_PORTS[@]}"
+      url="tcp://127.0.0.1:$((P + 200))" pid=$LAST_PID
+      pids+=("$LAST_PID")
+      ;;
+  esac
+  # One scripthash per wallet besides the headers, as a wallet with one address would have.
+  bench "bigfanout-$t@1" --scenario fanout --server "$url" --pid "$pid" \
+    --control "tcp://127.0.0.1:${SIM_PORTS[0]}" --connections "$FANOUT_WALLETS" \
+    --subscriptions "$FANOUT_WALLETS" --pipeline 10 --rounds 10
+  stop "${pids[@]}"
+done
+fi
+
 # ---- 3. failover: kill the upstream in use --------------------------------------------------
 
 if phase failover; then
@@ -274,6 +393,24 @@ for t in gateway haproxy; do
     --connections 4 --pipeline 1 --duration 5 --method blockchain.scripthash.get_balance
   stop "$front" "$b" "$a"
 done
+fi
+
+# ---- 4. three real ElectrumX ---------------------------------------------------------------
+
+if phase electrumx; then
+echo "== $EX_WALLETS wallets in front of three ElectrumX" >&2
+# The driver starts a simulated bitcoind, three ElectrumX indexing it, and the gateway in
+# front; it checks every answer and prints one JSON line (examples/electrumx_bench.rs).
+export ELECTRUMX_BIN=${ELECTRUMX_BIN:-$ROOT/.venv/bin/electrumx_server}
+if cargo build --release --quiet --example electrumx_bench &&
+  "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/electrumx_bench" --wallets "$EX_WALLETS" \
+    --duration "$DUR" >"$RES/electrumx@1.json" 2>"$WORK/electrumx.log"; then
+  :
+else
+  echo "  electrumx failed; its cells stay empty (log: $WORK/electrumx.log)" >&2
+  tail -20 "$WORK/electrumx.log" >&2
+  rm -f "$RES/electrumx@1.json"
+fi
 fi
 
 # ---- the table -----------------------------------------------------------------------------
@@ -359,6 +496,72 @@ TABLE=$WORK/table.md
 
 cat "$TABLE"
 
+# The figures the gateway is held to, with their baselines from this same run.
+GOALS=$WORK/goals.md
+goal() { # LABEL GOAL(">= X" or "<= X") VALUE DETAIL
+  local met
+  met=$(awk -v v="$3" -v g="$2" 'BEGIN {
+    split(g, p, " "); if (v == "-" || v == "") { print "-"; exit }
+    if (p[1] == ">=") print (v + 0 >= p[2] + 0 ? "yes" : "**no**"); else print (v + 0 <= p[2] + 0 ? "yes" : "**no**") }')
+  printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$met" "$4"
+}
+mib() { awk -v b="$1" 'BEGIN { if (b == "-") print "-"; else printf "%.0f", b / 1048576 }'; }
+kib() { awk -v b="$1" 'BEGIN { if (b == "-") print "-"; else printf "%.1f", b / 1024 }'; }
+{
+  echo "| figure | goal | measured | met | from (this run) |"
+  echo "|---|---|---:|---|---|"
+  for k in 1 8; do
+    g=$(j "fifty$k-gateway" .rps) h=$(j "fifty$k-haproxy" .rps)
+    goal "get_balance of one scripthash, 50 x $k, gateway \`fastest\` / HAProxy, req/s" ">= 1.0" \
+      "$(ratio "$g" "$h")" "$(fmt "$g") / $(fmt "$h") req/s; direct $(fmt "$(j "fifty$k-direct" .rps)")"
+  done
+  g=$(j fifty8-gateway .latency_us.p50) h=$(j fifty8-haproxy .latency_us.p50)
+  goal "same, 50 x 8, p50 latency, gateway \`fastest\` / HAProxy" "<= 1.2" "$(ratio "$g" "$h")" \
+    "$(fmt "$g") / $(fmt "$h") us"
+  g=$(j fifty1-gateway .latency_us.p50) h=$(j fifty1-haproxy .latency_us.p50)
+  goal "same, 50 x 1, p50 latency, gateway \`fastest\` / HAProxy" "<= 1.2" "$(ratio "$g" "$h")" \
+    "$(fmt "$g") / $(fmt "$h") us"
+  for k in 1 8; do
+    g=$(j "fifty$k-default" .rps) h=$(j "fifty$k-haproxy" .rps)
+    goal "same workload, 50 x $k, gateway default policy (balances voted, quorum 2) / HAProxy, req/s" \
+      ">= 1.0" "$(ratio "$g" "$h")" "$(fmt "$g") / $(fmt "$h") req/s"
+  done
+  ans=$(j million-gateway .subscriptions_answered)
+  growth=$(j million-gateway .memory.growth_bytes)
+  per=$(j million-gateway .memory.per_subscription_bytes)
+  why=$(j million-gateway '.stopped_by // "none"')
+  secs=$(j million-gateway .subscribe_s)
+  if [ "$why" = none ]; then
+    goal "$MILLION_SUBS subscriptions over $MILLION_WALLETS wallets: gateway RSS growth (MiB)" \
+      "<= 2048" "$(mib "$growth")" "all answered in $(fmt "$secs") s; $(fmt "$per") B per subscription"
+  else
+    est=$(awk -v c="$(j million-gateway .memory.connected_kb)" -v s="$(j million-gateway .memory.start_kb)" \
+      -v p="$per" -v n="$MILLION_SUBS" 'BEGIN { if (p == "-") print "-"; else printf "%.0f", ((c - s) * 1024 + p * n) / 1048576 }')
+    goal "$MILLION_SUBS subscriptions over $MILLION_WALLETS wallets: gateway RSS growth (MiB), extrapolated" \
+      "<= 2048" "$est" "stopped by the $why after $(fmt "$secs") s at $ans subscriptions, $(mib "$growth") MiB; $(fmt "$per") B per subscription"
+  fi
+  g=$(j subs-gateway '.subscribe_s * 1000') h=$(j subs-haproxy '.subscribe_s * 1000')
+  goal "$SUBS subscriptions from $WALLETS wallets, time to subscribe, gateway / HAProxy" "<= 1.5" \
+    "$(ratio "$g" "$h")" "$(fmt "$g") / $(fmt "$h") ms; direct $(fmt "$(j subs-direct '.subscribe_s * 1000')") ms"
+  g=$(j electrumx .subscribe_gateway_s) d=$(j electrumx .subscribe_direct_s)
+  goal "$EX_WALLETS wallets x 5 subscriptions, three ElectrumX: time until all answered, gateway / one ElectrumX" \
+    "<= 2" "$(ratio "$g" "$d")" "$(fmt "$(awk -v x="$g" 'BEGIN { if (x == "-") print "-"; else print x * 1000 }')") / $(fmt "$(awk -v x="$d" 'BEGIN { if (x == "-") print "-"; else print x * 1000 }')") ms"
+  g=$(j bigfanout-gateway .latency_us.p99)
+  goal "block to header notification at $FANOUT_WALLETS wallets, gateway p99 (ms)" "<= 50" \
+    "$(awk -v x="$g" 'BEGIN { if (x == "-") print "-"; else printf "%.1f", x / 1000 }')" \
+    "direct $(fmt "$(j bigfanout-direct .latency_us.p99)") us, HAProxy $(fmt "$(j bigfanout-haproxy .latency_us.p99)") us; $(fmt "$(j bigfanout-gateway .errors)") missed"
+  g=$(j million-gateway .memory.per_connection_bytes)
+  goal "memory per idle wallet connection (server.version only, $MILLION_WALLETS wallets), gateway (KiB)" \
+    "<= 8" "$(kib "$g")" "$(fmt "$g") B; with 5+ subscriptions' sessions: $(fmt "$(j subs-gateway .memory.per_connection_bytes)") B"
+  g=$(j header50-gateway .rps) d=$(j header50-direct .rps)
+  goal "cache-hit reads (block.header), 50 x 8, gateway / direct to the simulator" ">= 2.0" \
+    "$(ratio "$g" "$d")" "$(fmt "$g") / $(fmt "$d") req/s; HAProxy $(fmt "$(j header50-haproxy .rps)")"
+  g=$(j electrumx .reads_gateway_rps) d=$(j electrumx .reads_direct_rps)
+  goal "cache-hit reads (transaction + merkle proof), gateway / one real ElectrumX" ">= 50" \
+    "$(ratio "$g" "$d")" "$(fmt "$g") / $(fmt "$d") req/s"
+} >"$GOALS"
+cat "$GOALS"
+
 cpu=$(awk -F: '/model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
 mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 {
@@ -378,6 +581,15 @@ mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "wallet's sync (get_history, get_balance, listunspent, transaction.get, get_merkle,"
   echo "block.header, ping); one method otherwise. \`x K\` is requests in flight per connection."
   echo "Ratios are gateway / other: above 1 is better for req/s, worse for latency, CPU and memory."
+  echo
+  echo "## Goals"
+  echo
+  echo "Each figure against its baseline measured in this run (single runs for the million,"
+  echo "fan-out at $FANOUT_WALLETS and ElectrumX rows; medians of $REPS otherwise)."
+  echo
+  cat "$GOALS"
+  echo
+  echo "## All measurements"
   echo
   cat "$TABLE"
   echo

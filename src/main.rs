@@ -266,6 +266,10 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Call(_)) | Some(Command::Subscribe(_)) | Some(Command::Spider(_))
     );
     init_logging(&cli.log_format, if quiet { "warn" } else { "info" });
+    // Every wallet and upstream connection is a file descriptor (the bench and the simulator
+    // hold thousands too): use all the system allows. The gateway warns at start when its
+    // configuration does not fit.
+    electrum_gateway::gateway::fds::raise_open_files_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -56,7 +56,7 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     if let Some(pid) = args.pid {
         super::cpu_time(pid)?;
     }
-    let plan = Arc::new(Plan::discover(&args.server, &args.method).await?);
+    let plan = Arc::new(Plan::discover(&args.server, &args.method, args.scripthashes).await?);
     let sessions =
         futures::future::try_join_all((0..args.connections).map(|_| Session::open(&args.server)))
             .await?;

@@ -86,6 +86,10 @@ pub struct BenchArgs {
     /// `blockchain.transaction.get` known transactions.
     #[arg(long, value_name = "M", default_value = "mix", value_parser = METHODS)]
     pub method: String,
+    /// Scripthash methods use only the first N of the documented scripthashes (1: every
+    /// wallet asks about the same one); 0: all of them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub scripthashes: usize,
     /// Requests kept in flight per connection.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub pipeline: usize,
@@ -112,6 +116,14 @@ pub struct BenchArgs {
     /// `fanout`): the server, proxy or gateway under test.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+    /// Stop subscribing after this many seconds (`subscriptions`, `fanout`) and report what
+    /// was reached instead of failing; 0: no limit.
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    pub subscribe_limit: f64,
+    /// Stop subscribing once the resident memory of `--pid` has grown by this many MiB since
+    /// the start (`subscriptions`, `fanout`), and report what was reached; 0: no limit.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub max_rss_growth_mib: u64,
     /// A process to kill with SIGKILL during the run (`failover`): an upstream server.
     #[arg(long, value_name = "PID")]
     pub kill_pid: Option<u32>,
@@ -164,8 +176,10 @@ pub struct Memory {
     pub subscribed_kb: u64,
     /// (connected - start) / connections, bytes.
     pub per_connection_bytes: f64,
-    /// (subscribed - connected) / subscriptions, bytes.
+    /// (subscribed - connected) / subscriptions answered, bytes.
     pub per_subscription_bytes: Option<f64>,
+    /// subscribed - start, bytes: what the connections and subscriptions cost together.
+    pub growth_bytes: u64,
 }
 
 /// What a run measured; printed as text or as one JSON object (`--json`).
@@ -199,6 +213,14 @@ pub struct Report {
     /// Seconds to subscribe everything (`subscriptions`, `fanout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscribe_s: Option<f64>,
+    /// Subscriptions answered (`subscriptions`, `fanout`); fewer than asked when a limit
+    /// stopped the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriptions_answered: Option<u64>,
+    /// Why subscribing stopped before every subscription was sent: `time limit` or
+    /// `memory limit` (`subscriptions`, `fanout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
     /// Memory of `--pid` (`subscriptions`, `fanout`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
@@ -248,6 +270,8 @@ impl Report {
             latency_us: Latency::default(),
             reconnects: 0,
             subscribe_s: None,
+            subscriptions_answered: None,
+            stopped_by: None,
             memory: None,
             rounds: None,
             last_wallet_us: None,
@@ -287,7 +311,13 @@ impl Report {
             l.mean / 1000.0
         ));
         if let Some(t) = self.subscribe_s {
-            s.push_str(&format!("  subscribed everything in {t:.2} s\n"));
+            match &self.stopped_by {
+                None => s.push_str(&format!("  subscribed everything in {t:.2} s\n")),
+                Some(why) => s.push_str(&format!(
+                    "  stopped by the {why} after {t:.2} s: {} subscriptions answered\n",
+                    self.subscriptions_answered.unwrap_or(0)
+                )),
+            }
         }
         if let Some(m) = &self.memory {
             s.push_str(&format!(
@@ -356,6 +386,9 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let kill_in_window =
         args.kill_after.is_finite() && args.kill_after >= 0.0 && args.kill_after < args.duration;
+    if !(args.subscribe_limit.is_finite() && args.subscribe_limit >= 0.0) {
+        anyhow::bail!("--subscribe-limit must not be negative");
+    }
     if args.scenario == Scenario::Failover && !kill_in_window {
         anyhow::bail!("--kill-after must fall within --duration");
     }
@@ -509,14 +542,18 @@ struct Plan {
 impl Plan {
     /// Builds the workload for `method` from what the server says about the chain: its tip
     /// for random heights, the documented scripthashes' histories for known transactions.
-    async fn discover(url: &ServerUrl, method: &str) -> anyhow::Result<Plan> {
+    async fn discover(url: &ServerUrl, method: &str, only: usize) -> anyhow::Result<Plan> {
         let mut s = Session::open(url).await?;
         let tip = s.call("blockchain.headers.subscribe", json!([])).await?;
         let tip = tip
             .get("height")
             .and_then(Value::as_u64)
             .context("blockchain.headers.subscribe answered without a height")?;
-        let scripthashes: Vec<&str> = crate::sim::ADDRESSES.iter().map(|a| a.scripthash).collect();
+        let mut scripthashes: Vec<&str> =
+            crate::sim::ADDRESSES.iter().map(|a| a.scripthash).collect();
+        if only > 0 {
+            scripthashes.truncate(only);
+        }
         let mut txs = BTreeSet::new();
         if matches!(
             method,

@@ -8,10 +8,16 @@
 //! connection and per subscription can be told apart. In `fanout` every wallet also
 //! subscribes to headers, then `--rounds` blocks are mined one at a time through `--control`
 //! and the time from each `sim.mine` to each wallet's header notification is recorded.
+//!
+//! `--subscribe-limit` and `--max-rss-growth-mib` stop subscribing early (the requests in
+//! flight are still answered) and the report says how far it got: for shapes the process
+//! under test cannot reach in reasonable time or memory.
 
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -43,6 +49,8 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     // Subscribe: wallet i takes scripthashes i, i + n, i + 2n, ...
     let n = wallets.len();
     let scripthashes = random_scripthashes(args.subscriptions, u64::from(std::process::id()));
+    let stop = Arc::new(AtomicU8::new(GOING));
+    let limits = tokio::spawn(watch_limits(args.clone(), start_kb, stop.clone()));
     let began = Instant::now();
     let tasks: Vec<_> = wallets
         .into_iter()
@@ -55,25 +63,43 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             fragments.extend(scripthashes.iter().skip(i).step_by(n).map(|sh| {
                 format!(r#""method":"blockchain.scripthash.subscribe","params":["{sh}"]"#)
             }));
-            tokio::spawn(subscribe_all(w.framed, fragments, args.pipeline))
+            tokio::spawn(subscribe_all(
+                w.framed,
+                fragments,
+                args.pipeline,
+                stop.clone(),
+            ))
         })
         .collect();
+    drop(scripthashes);
     let mut hist = histogram();
     let mut ok = 0;
     let mut errors = 0;
     let mut framed = Vec::with_capacity(n);
     for t in tasks {
-        let (f, h, good, bad) = t.await??;
-        hist.add(&h)?;
+        let (f, latencies, good, bad) = t.await??;
+        for us in latencies {
+            let _ = hist.record(us);
+        }
         ok += good;
         errors += bad;
         framed.push(f);
     }
     let subscribe_s = began.elapsed().as_secs_f64();
+    limits.abort();
     let subscribed_kb = rss()?;
+    let answered = ok + errors;
+    // The headers subscriptions of `fanout` are not scripthash subscriptions.
+    let answered_scripthashes = answered.saturating_sub(if fanout { n as u64 } else { 0 });
 
     let mut report = Report::new(args);
     report.subscribe_s = Some(subscribe_s);
+    report.subscriptions_answered = Some(answered_scripthashes);
+    report.stopped_by = match stop.load(Ordering::Relaxed) {
+        TIME_LIMIT => Some("time limit".into()),
+        MEMORY_LIMIT => Some("memory limit".into()),
+        _ => None,
+    };
     if let (Some(start), Some(connected), Some(subscribed)) =
         (start_kb, connected_kb, subscribed_kb)
     {
@@ -82,9 +108,10 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             connected_kb: connected,
             subscribed_kb: subscribed,
             per_connection_bytes: connected.saturating_sub(start) as f64 * 1024.0 / n as f64,
-            per_subscription_bytes: (args.subscriptions > 0).then(|| {
-                subscribed.saturating_sub(connected) as f64 * 1024.0 / args.subscriptions as f64
+            per_subscription_bytes: (answered_scripthashes > 0).then(|| {
+                subscribed.saturating_sub(connected) as f64 * 1024.0 / answered_scripthashes as f64
             }),
+            growth_bytes: subscribed.saturating_sub(start).saturating_mul(1024),
         });
     }
     match control.as_mut() {
@@ -110,33 +137,53 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Sends every request with at most `k` in flight; returns the connection, the latency
-/// histogram, and how many were answered without and with an error.
+/// Sends every request with at most `k` in flight, until all are answered or `stop` is set
+/// (then the requests in flight are still waited for, at most [`DRAIN_WAIT`]); returns the
+/// connection, the answers' latencies in microseconds, and how many were answered without
+/// and with an error.
 async fn subscribe_all(
     mut framed: Framed,
     fragments: Vec<String>,
     k: usize,
-) -> anyhow::Result<(Framed, Histogram<u64>, u64, u64)> {
-    let mut hist = histogram();
+    stop: Arc<AtomicU8>,
+) -> anyhow::Result<(Framed, Vec<u64>, u64, u64)> {
+    let mut latencies = Vec::with_capacity(fragments.len());
     let (mut ok, mut errors) = (0u64, 0u64);
     let mut sent: Vec<Instant> = Vec::with_capacity(fragments.len());
     let mut answered = 0usize;
     let mut next = 0usize;
     // Ids start above the one `server.version` used.
     let id_base = 1000u64;
-    while answered < fragments.len() {
-        while next < fragments.len() && next - answered < k {
-            framed
-                .sink
-                .feed(request_line(id_base + next as u64, &fragments[next]))
-                .await?;
-            sent.push(Instant::now());
-            next += 1;
+    let mut waiting_since = Instant::now();
+    loop {
+        let stopped = stop.load(Ordering::Relaxed) != GOING;
+        if !stopped {
+            while next < fragments.len() && next - answered < k {
+                framed
+                    .sink
+                    .feed(request_line(id_base + next as u64, &fragments[next]))
+                    .await?;
+                sent.push(Instant::now());
+                next += 1;
+            }
+            framed.sink.flush().await?;
         }
-        framed.sink.flush().await?;
-        let line = tokio::time::timeout(NOTIFY_TIMEOUT, framed.stream.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("a subscription was not answered in time"))?;
+        if answered == next && (stopped || next == fragments.len()) {
+            break;
+        }
+        let line = match tokio::time::timeout(POLL, framed.stream.next()).await {
+            Ok(line) => line,
+            Err(_) => {
+                let waited = waiting_since.elapsed();
+                if stopped && waited > DRAIN_WAIT {
+                    break;
+                }
+                if waited > NOTIFY_TIMEOUT {
+                    anyhow::bail!("a subscription was not answered in time");
+                }
+                continue;
+            }
+        };
         let Some(line) = line else {
             anyhow::bail!("the server closed a wallet connection while subscribing");
         };
@@ -146,7 +193,8 @@ async fn subscribe_all(
             };
             if i < next {
                 answered += 1;
-                let _ = hist.record(micros(sent[i].elapsed()));
+                waiting_since = Instant::now();
+                latencies.push(micros(sent[i].elapsed()));
                 if good {
                     ok += 1;
                 } else {
@@ -155,7 +203,41 @@ async fn subscribe_all(
             }
         }
     }
-    Ok((framed, hist, ok, errors))
+    Ok((framed, latencies, ok, errors))
+}
+
+/// Values of the stop flag shared by the subscribing wallets.
+const GOING: u8 = 0;
+const TIME_LIMIT: u8 = 1;
+const MEMORY_LIMIT: u8 = 2;
+/// How often the limits are checked and a waiting wallet looks at the stop flag.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a stopped wallet still waits for its requests in flight.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Sets `stop` when `--subscribe-limit` has passed or `--pid` has grown by more than
+/// `--max-rss-growth-mib` since `start_kb`.
+async fn watch_limits(args: BenchArgs, start_kb: Option<u64>, stop: Arc<AtomicU8>) {
+    let began = Instant::now();
+    let cap_kb = args.max_rss_growth_mib.saturating_mul(1024);
+    loop {
+        tokio::time::sleep(POLL).await;
+        if args.subscribe_limit > 0.0 && began.elapsed().as_secs_f64() >= args.subscribe_limit {
+            stop.store(TIME_LIMIT, Ordering::Relaxed);
+            return;
+        }
+        if let (Some(pid), Some(start), true) = (args.pid, start_kb, cap_kb > 0) {
+            match rss_kb(pid) {
+                Ok(now) if now.saturating_sub(start) > cap_kb => {
+                    stop.store(MEMORY_LIMIT, Ordering::Relaxed);
+                    return;
+                }
+                Ok(_) => {}
+                // The process is gone: the wallets will see their connections close.
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// Mines `rounds` blocks one at a time and waits for every wallet's header notification of

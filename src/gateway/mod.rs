@@ -19,6 +19,7 @@
 
 pub(crate) mod cache;
 pub(crate) mod candidates;
+pub mod fds;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod local;
@@ -58,6 +59,11 @@ impl Gateway {
     /// Starts the pool and the listeners. Listener addresses may use port 0.
     pub async fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.validate()?;
+        let needed = fds::fds_needed(&cfg);
+        let limit = fds::open_files_limit().map(|(soft, _)| soft);
+        if let Some(w) = fds::fit_warning(cfg.limits.max_sessions, needed, limit) {
+            tracing::warn!("{w}");
+        }
         let cfg = Arc::new(cfg);
         let network = cfg.network()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
