@@ -589,6 +589,8 @@ mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo
   cat "$GOALS"
   echo
+  # Hand-kept: the figures before and after each change, each pair from one run.
+  if [ -f "$ROOT/bench/CHANGES.md" ]; then cat "$ROOT/bench/CHANGES.md"; echo; fi
   echo "## All measurements"
   echo
   cat "$TABLE"

@@ -285,16 +285,32 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         }
                         note_subscription(&read, &mut order);
                         pending += 1;
-                        let core = core.clone();
-                        let shared = shared.clone();
+                        let has_id = read.id.is_some();
                         let out_tx = outgoing(&mut out_tx, &mut out_rx, out_capacity);
-                        tokio::spawn(async move {
-                            let has_id = read.id.is_some();
-                            let (resp, confirms) = handle(&core, &shared, read).await;
-                            let line = has_id.then(|| resp.to_json());
-                            let confirms = boxed(confirms);
-                            let _ = out_tx.send(Outgoing { line, confirms, done: 1 }).await;
-                        });
+                        // Polled once here: what is answered at once (local answers, headers
+                        // from the verified chain, cache hits) costs no task; the rest goes on
+                        // as its own task.
+                        let mut answer = Box::pin(handle(core.clone(), shared.clone(), read));
+                        match futures::FutureExt::now_or_never(&mut answer) {
+                            Some((resp, confirms)) => {
+                                let line = has_id.then(|| resp.to_json());
+                                let out = Outgoing { line, confirms: boxed(confirms), done: 1 };
+                                if let Err(e) = out_tx.try_send(out) {
+                                    let out = e.into_inner();
+                                    tokio::spawn(async move {
+                                        let _ = out_tx.send(out).await;
+                                    });
+                                }
+                            }
+                            None => {
+                                tokio::spawn(async move {
+                                    let (resp, confirms) = answer.await;
+                                    let line = has_id.then(|| resp.to_json());
+                                    let confirms = boxed(confirms);
+                                    let _ = out_tx.send(Outgoing { line, confirms, done: 1 }).await;
+                                });
+                            }
+                        }
                     }
                     Incoming::Batch(items) => {
                         let mut lines = Vec::new();
@@ -326,7 +342,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                                 let shared = shared.clone();
                                 async move {
                                     let has_id = read.id.is_some();
-                                    let (resp, c) = handle(&core, &shared, read).await;
+                                    let (resp, c) = handle(core, shared, read).await;
                                     (has_id, resp, c)
                                 }
                             })).await;
@@ -501,7 +517,8 @@ fn version(core: &Core, shared: &Shared, read: &Read, done: &mut bool) -> Option
 
 /// Handles one request that is not `server.version`, within the request timeout, counted in
 /// the metrics by method and outcome.
-async fn handle(core: &Arc<Core>, shared: &Arc<Shared>, read: Read) -> (Response, Confirms) {
+async fn handle(core: Arc<Core>, shared: Arc<Shared>, read: Read) -> (Response, Confirms) {
+    let (core, shared) = (&core, &shared);
     let id = read.id.unwrap_or(Id::Null);
     let timeout = crate::config::secs(core.cfg.limits.request_timeout_secs);
     let fut = core.metrics.track_request(read.label, async {
