@@ -78,34 +78,30 @@ async fn answers_voted_at_a_status_are_served_again_until_it_changes() {
 
     // A payment changes the status: the next reads are the new truth, never the kept ones.
     net.sim.pay(a.address, 25_000).unwrap();
-    let new_status = json!(net.sim.status(sh).unwrap());
-    assert_ne!(new_status, status);
-    w.notification_until("blockchain.scripthash.subscribe", |n| {
-        n["params"][1] == new_status
-    })
-    .await;
-    for (method, expected) in truth(&net, sh) {
-        assert_eq!(
-            w.call(method, json!([sh])).await,
-            expected,
-            "{method} after the payment"
-        );
-    }
-
+    let paid = reads_follow(&net, &mut w, sh, "the payment").await;
+    assert_ne!(paid, status);
     // So does a block confirming it.
     net.sim.mine(1);
-    let mined_status = json!(net.sim.status(sh).unwrap());
+    let mined = reads_follow(&net, &mut w, sh, "the block").await;
+    assert_ne!(mined, paid);
+}
+
+/// Waits until the wallet is notified of the scripthash's honest status now, then checks that
+/// every status-keyed read is the honest answer; returns the status.
+async fn reads_follow(net: &Net, w: &mut common::Wallet, sh: &str, after: &str) -> Value {
+    let status = json!(net.sim.status(sh).unwrap());
     w.notification_until("blockchain.scripthash.subscribe", |n| {
-        n["params"][1] == mined_status
+        n["params"][1] == status
     })
     .await;
-    for (method, expected) in truth(&net, sh) {
+    for (method, expected) in truth(net, sh) {
         assert_eq!(
             w.call(method, json!([sh])).await,
             expected,
-            "{method} after the block"
+            "{method} after {after}"
         );
     }
+    status
 }
 
 #[tokio::test]
