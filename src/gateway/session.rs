@@ -156,6 +156,10 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let mut quiet_ticks = 0u32;
     let mut event = true;
 
+    // Answers written but not flushed yet, and whether the loop already yielded once for
+    // more to join them.
+    let mut dirty = false;
+    let mut yielded = false;
     let close_reason: String = loop {
         if event {
             quiet_ticks = 0;
@@ -194,18 +198,16 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         break "write failed".into();
                     }
                 }
-                // Answers that are ready together go out in one write: let the request
-                // tasks that are ready run first, so their answers join this one.
+                // Answers that are ready together go out in one write: the flush waits until
+                // nothing else is ready (the last branch), at most 64 answers.
                 unflushed += 1;
-                let no_more = || out_rx.as_ref().map_or(true, |rx| rx.is_empty());
-                if unflushed < 64 && no_more() {
-                    tokio::task::yield_now().await;
-                }
-                if unflushed >= 64 || no_more() {
+                if unflushed >= 64 {
                     unflushed = 0;
                     if flush(&mut sink).await.is_err() {
                         break "write failed".into();
                     }
+                } else {
+                    dirty = true;
                 }
             }
             Some(ev) = ev_rx.recv() => {
@@ -358,6 +360,21 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                             let _ = out_tx.send(Outgoing { line, confirms, done: n }).await;
                         });
                     }
+                }
+            }
+            // Nothing else is ready: send what was written. Yield once first, so that request
+            // tasks about to answer can join this write.
+            _ = std::future::ready(()), if dirty => {
+                if !yielded {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                yielded = false;
+                dirty = false;
+                unflushed = 0;
+                if flush(&mut sink).await.is_err() {
+                    break "write failed".into();
                 }
             }
         }
