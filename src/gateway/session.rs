@@ -1,8 +1,10 @@
 //! The wallet-facing side: one session per wallet connection.
 //!
 //! A session reads messages and parses each request once into a typed [`Call`]. It answers
-//! `server.version` at once (in order, so it takes effect before what follows it) and runs
-//! every other request as its own task, so a slow upstream answer never holds up the rest. At
+//! `server.version` at once (in order, so it takes effect before what follows it) and polls
+//! every other request once where it is read: what is ready then (local answers, headers, cache
+//! hits) is answered without a task, the rest goes on as its own task, so a slow upstream answer
+//! never holds up the rest. Answers are flushed once nothing else is ready. At
 //! most `max_pending_per_session` requests are in flight; past that the session stops reading
 //! (backpressure) instead of failing requests. All writes go through the session loop, which
 //! orders subscription replies before the notifications that follow them ([`ReplyOrder`]).
