@@ -21,6 +21,7 @@
 pub mod address;
 pub mod chain;
 pub mod client;
+mod files;
 pub mod protocol;
 pub mod servers;
 pub mod transport;

@@ -108,9 +108,9 @@ impl TlsIdentity {
 
     /// Writes the certificate and key as PEM files (the key readable by the owner only).
     pub fn save(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
-        std::fs::write(cert, &self.cert_pem)
+        crate::files::write_atomic(cert, self.cert_pem.as_bytes())
             .with_context(|| format!("writing {}", cert.display()))?;
-        write_private(key, self.key_pem.as_bytes())
+        crate::files::write_atomic_private(key, self.key_pem.as_bytes())
             .with_context(|| format!("writing {}", key.display()))?;
         Ok(())
     }
@@ -164,24 +164,6 @@ impl TlsIdentity {
         .context("TLS certificate and key do not match or are unsupported")?;
         Ok(Arc::new(config))
     }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    std::fs::write(path, data)
 }
 
 /// How a [`Listener`] treats its connections.

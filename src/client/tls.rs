@@ -78,8 +78,13 @@ impl PinStore {
                 )))
             }
         };
+        // An empty file is a truncated one (it is only ever written whole, with at least
+        // `{}`): taking it as "no pins" would trust whatever certificate comes next.
         if text.trim().is_empty() {
-            return Ok(BTreeMap::new());
+            return Err(ClientError::Tls(format!(
+                "pin file {} is empty (truncated?); remove it to pin certificates anew",
+                self.path.display()
+            )));
         }
         serde_json::from_str(&text).map_err(|e| {
             ClientError::Tls(format!(
@@ -96,7 +101,7 @@ impl PinStore {
     }
 
     /// Pins `fingerprint` for `server`, replacing any earlier pin. The file is rewritten
-    /// atomically (written aside, then renamed).
+    /// atomically and durably (written aside and synced, then renamed).
     pub fn set(&self, server: &str, fingerprint: &str) -> Result<(), ClientError> {
         let _guard = PIN_FILE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let mut pins = self.load()?;
@@ -112,11 +117,7 @@ impl PinStore {
         }
         let text = serde_json::to_string_pretty(&pins)
             .map_err(|e| ClientError::Tls(format!("cannot serialize pins: {e}")))?;
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, text + "\n").map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        crate::files::write_atomic(&self.path, (text + "\n").as_bytes()).map_err(err)
     }
 }
 
@@ -319,11 +320,19 @@ mod tests {
     fn corrupt_pin_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pins.json");
-        std::fs::write(&path, "not json").unwrap();
-        match PinStore::new(&path).get("h:1") {
-            Err(ClientError::Tls(m)) => assert!(m.contains("pin file"), "{m}"),
-            other => panic!("{other:?}"),
+        // Not JSON, truncated JSON, and empty (a truncated write): never "no pins", which
+        // would trust whatever certificate comes next.
+        for text in ["not json", "{\"h:1\": \"ab", "", "  \n"] {
+            std::fs::write(&path, text).unwrap();
+            match PinStore::new(&path).get("h:1") {
+                Err(ClientError::Tls(m)) => assert!(m.contains("pin file"), "{m}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+            assert!(PinStore::new(&path).set("h:2", "0123").is_err(), "{text:?}");
         }
+        // A missing file is an empty store.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(PinStore::new(&path).get("h:1").unwrap(), None);
     }
 
     #[test]

@@ -81,6 +81,40 @@ fn peer_allowed(network: bitcoin::Network, url: &ServerUrl, ip: Option<IpAddr>) 
         || (!url.host.eq_ignore_ascii_case("localhost") && ip.map_or(true, candidates::is_public))
 }
 
+/// What earlier runs learned about servers (`upstreams.json`). A file that cannot be read as
+/// that is logged and set aside (kept beside it as `upstreams.json.corrupt-SECONDS`), and the
+/// pool starts without it.
+fn load_learned(path: &std::path::Path) -> HashMap<String, Learned> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the upstream state");
+            return HashMap::new();
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(learned) => learned,
+        Err(e) => {
+            match crate::files::set_aside(path) {
+                Ok(aside) => tracing::warn!(
+                    file = %path.display(),
+                    kept_as = %aside.display(),
+                    error = %e,
+                    "the upstream state is corrupt; set aside, starting without it"
+                ),
+                Err(io) => tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    set_aside_error = %io,
+                    "the upstream state is corrupt; starting without it"
+                ),
+            }
+            HashMap::new()
+        }
+    }
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -102,11 +136,7 @@ impl Pool {
         let tracker =
             ChainTracker::open(network, &cfg.data_dir.join("headers"), cfg.verify.max_lag)?;
         let state_file = Some(cfg.data_dir.join("upstreams.json"));
-        let learned: HashMap<String, Learned> = state_file
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let learned = state_file.as_deref().map(load_learned).unwrap_or_default();
         // Within a tier, servers that worked before go first, best score first.
         let score = |u: &str| {
             learned
@@ -845,10 +875,8 @@ impl Pool {
         let Ok(json) = serde_json::to_vec_pretty(&*learned) else {
             return;
         };
-        let tmp = path.with_extension("json.tmp");
         let written = std::fs::create_dir_all(self.cfg.data_dir.as_path())
-            .and_then(|_| std::fs::write(&tmp, json))
-            .and_then(|_| std::fs::rename(&tmp, path));
+            .and_then(|_| crate::files::write_atomic(path, &json));
         if let Err(e) = written {
             tracing::debug!(error = %e, "could not save upstream state");
         }

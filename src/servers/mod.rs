@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -563,10 +563,12 @@ impl ServerList {
     /// new one, never a part.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ServersError> {
         let path = path.as_ref();
-        write_atomic(path, self.to_json().as_bytes()).map_err(|source| ServersError::Io {
-            action: "write",
-            path: path.to_path_buf(),
-            source,
+        crate::files::write_atomic(path, self.to_json().as_bytes()).map_err(|source| {
+            ServersError::Io {
+                action: "write",
+                path: path.to_path_buf(),
+                source,
+            }
         })
     }
 
@@ -736,46 +738,6 @@ fn electrum_entry(host: &str, map: Map<String, Value>) -> Result<ServerInfo, Str
         }
     }
     Ok(info)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:08x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    match result {
-        Ok(()) => {
-            // Make the rename itself durable; not every platform can open a directory.
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -292,3 +292,27 @@ fn what_is_remembered_is_pruned_and_restored_behind_the_list() {
         assert_eq!(saved[u].announced_by.as_deref(), Some("attacker:50001"));
     }
 }
+
+#[test]
+fn a_corrupt_upstream_state_is_set_aside_and_written_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("upstreams.json");
+    // Cut short mid-write by an older version or a full disk.
+    std::fs::write(
+        &state,
+        b"{\"tcp://198.51.100.1:50001\": {\"origin\": \"conf",
+    )
+    .unwrap();
+    let pool = pool(dir.path(), &["tcp://198.51.100.1:50001"], &[]);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("upstreams.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "kept for inspection");
+    assert!(!state.exists(), "no longer in the way");
+    pool.save();
+    let saved: HashMap<String, Learned> =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(saved.contains_key("tcp://198.51.100.1:50001"));
+}
