@@ -46,8 +46,12 @@ pub struct VerifyConfig {
     /// Check every scripthash status an upstream announces: against the history it returns,
     /// and its confirmed part against another upstream's.
     pub statuses: bool,
-    /// Verified immutable answers kept in memory (transactions, merkle proofs).
+    /// Verified answers kept in memory (transactions, merkle proofs, fees, scripthash answers
+    /// at a status), at most.
     pub cache_entries: usize,
+    /// Mebibytes those answers may take, at most (the least recently used go first); 0 keeps
+    /// nothing.
+    pub cache_mib: u64,
     /// Merkle proofs are cached once their block is this deep.
     pub cache_depth: u32,
 }
@@ -59,6 +63,7 @@ impl Default for VerifyConfig {
             penalty_secs: 30.0,
             statuses: true,
             cache_entries: 50_000,
+            cache_mib: 256,
             cache_depth: 6,
         }
     }

@@ -43,9 +43,52 @@ struct Entry {
     validity: Validity,
 }
 
-/// The answer cache.
+/// Bytes an entry costs beyond its key and answer (the entry, the map's slot and list links,
+/// the allocations' headers), counted toward the byte bound.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// The entries, least recently used first out, and the bytes they hold.
+struct Entries {
+    lru: LruCache<String, Entry>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Entries {
+    fn size(key: &str, e: &Entry) -> usize {
+        key.len() + e.raw.get().len() + ENTRY_OVERHEAD
+    }
+
+    /// Keeps `entry`, then drops the least recently used ones until the bytes fit.
+    fn put(&mut self, key: String, entry: Entry) {
+        let size = Self::size(&key, &entry);
+        if size > self.max_bytes {
+            self.pop(&key);
+            return;
+        }
+        self.bytes += size;
+        // The entry it replaced, or the one the entry count pushed out.
+        if let Some((k, old)) = self.lru.push(key, entry) {
+            self.bytes = self.bytes.saturating_sub(Self::size(&k, &old));
+        }
+        while self.bytes > self.max_bytes {
+            let Some((k, old)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.bytes = self.bytes.saturating_sub(Self::size(&k, &old));
+        }
+    }
+
+    fn pop(&mut self, key: &str) {
+        if let Some(old) = self.lru.pop(key) {
+            self.bytes = self.bytes.saturating_sub(Self::size(key, &old));
+        }
+    }
+}
+
+/// The answer cache, bounded in entries and in bytes.
 pub struct AnswerCache {
-    entries: Mutex<LruCache<String, Entry>>,
+    entries: Mutex<Entries>,
     depth: u32,
     /// Answers served from the cache.
     pub hits: AtomicU64,
@@ -58,13 +101,15 @@ fn tip_hash(tracker: &ChainTracker) -> Option<BlockHash> {
 }
 
 impl AnswerCache {
-    /// A cache of at most `capacity` answers (0 disables it); merkle proofs are kept once their
-    /// block is `depth` deep.
-    pub fn new(capacity: usize, depth: u32) -> AnswerCache {
+    /// A cache of at most `capacity` answers holding at most `max_bytes` (answers, keys and
+    /// bookkeeping; 0 keeps nothing); merkle proofs are kept once their block is `depth` deep.
+    pub fn new(capacity: usize, max_bytes: usize, depth: u32) -> AnswerCache {
         AnswerCache {
-            entries: Mutex::new(LruCache::new(
-                NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN),
-            )),
+            entries: Mutex::new(Entries {
+                lru: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)),
+                bytes: 0,
+                max_bytes,
+            }),
             depth,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -109,6 +154,7 @@ impl AnswerCache {
     fn get_if(&self, key: &str, valid: impl Fn(&Validity) -> bool) -> Option<Box<RawValue>> {
         let mut entries = self.entries.lock().ok()?;
         let found = entries
+            .lru
             .get(key)
             .map(|e| valid(&e.validity).then(|| e.raw.clone()));
         match found {
@@ -243,7 +289,7 @@ mod tests {
         let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
         let genesis =
             bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
-        let cache = AnswerCache::new(100, 2);
+        let cache = AnswerCache::new(100, 1 << 20, 2);
 
         // A raw transaction is kept for good; a verbose one (composed by the upstream) never.
         let tx = call("blockchain.transaction.get", json!([TXID]));
@@ -310,7 +356,7 @@ mod tests {
         let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
         let genesis =
             bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
-        let cache = AnswerCache::new(100, 1);
+        let cache = AnswerCache::new(100, 1 << 20, 1);
         let one = extend(&tracker, &genesis, 1);
         // A one-transaction block: its coinbase's txid is the merkle root, proven by an empty
         // branch.
@@ -362,7 +408,7 @@ mod tests {
     fn an_answer_kept_by_status_is_served_only_at_that_status() {
         let dir = tempfile::tempdir().unwrap();
         let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
-        let cache = AnswerCache::new(100, 1);
+        let cache = AnswerCache::new(100, 1 << 20, 1);
         let answer = RawValue::from_string("{\"confirmed\":5,\"unconfirmed\":0}".into()).unwrap();
         let s1 = serde_json::json!("aa".repeat(32));
         let s2 = serde_json::json!("bb".repeat(32));
@@ -381,5 +427,39 @@ mod tests {
         assert!(cache.get_at_status("k", &s2).is_some());
         assert!(cache.get_at_status("k", &s1).is_none());
         assert!(cache.get_at_status("k", &s2).is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_least_recently_used_first_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        // Room for about three 1 kB answers.
+        let cache = AnswerCache::new(1000, 3 * (1024 + 2 + ENTRY_OVERHEAD + 80), 1);
+        let tx = |i: usize| call("blockchain.transaction.get", json!([format!("{i:064x}")]));
+        let big = raw(json!("ab".repeat(512)));
+        for i in 0..3 {
+            put(&cache, &tracker, &tx(i), &big, None);
+        }
+        assert!(get(&cache, &tracker, &tx(0)).is_some(), "three fit");
+        // A fourth pushes out the least recently used (1, since 0 was just read).
+        put(&cache, &tracker, &tx(3), &big, None);
+        assert!(get(&cache, &tracker, &tx(1)).is_none());
+        for i in [0, 2, 3] {
+            assert!(get(&cache, &tracker, &tx(i)).is_some(), "{i}");
+        }
+        let held = cache.entries.lock().unwrap().bytes;
+        assert!(held <= 3 * (1024 + 2 + ENTRY_OVERHEAD + 80), "{held}");
+        // An answer larger than the whole bound is not kept, and pushes nothing out.
+        let huge = raw(json!("ab".repeat(4096)));
+        put(&cache, &tracker, &tx(9), &huge, None);
+        assert!(get(&cache, &tracker, &tx(9)).is_none());
+        assert!(get(&cache, &tracker, &tx(3)).is_some());
+        // Replacing an entry does not count it twice.
+        put(&cache, &tracker, &tx(3), &big, None);
+        assert_eq!(cache.entries.lock().unwrap().bytes, held);
+        // No bound at all keeps nothing.
+        let none = AnswerCache::new(1000, 0, 1);
+        put(&none, &tracker, &tx(0), &big, None);
+        assert!(get(&none, &tracker, &tx(0)).is_none());
     }
 }

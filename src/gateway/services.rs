@@ -146,7 +146,11 @@ impl Core {
         );
         Core {
             network: pool.network(),
-            cache: AnswerCache::new(cfg.verify.cache_entries, cfg.verify.cache_depth),
+            cache: AnswerCache::new(
+                cfg.verify.cache_entries,
+                usize::try_from(cfg.verify.cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+                cfg.verify.cache_depth,
+            ),
             cfg,
             pool,
             router,
