@@ -433,8 +433,10 @@ mod tests {
     fn the_cache_is_bounded_in_bytes_least_recently_used_first_out() {
         let dir = tempfile::tempdir().unwrap();
         let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
-        // Room for about three 1 kB answers.
-        let cache = AnswerCache::new(1000, 3 * (1024 + 2 + ENTRY_OVERHEAD + 80), 1);
+        // Room for three 1 kB answers (key "blockchain.transaction.get|" and 64 hex digits),
+        // not four.
+        let one = 1024 + 2 + ENTRY_OVERHEAD + 91;
+        let cache = AnswerCache::new(1000, 3 * one + one / 2, 1);
         let tx = |i: usize| call("blockchain.transaction.get", json!([format!("{i:064x}")]));
         let big = raw(json!("ab".repeat(512)));
         for i in 0..3 {
@@ -448,7 +450,7 @@ mod tests {
             assert!(get(&cache, &tracker, &tx(i)).is_some(), "{i}");
         }
         let held = cache.entries.lock().unwrap().bytes;
-        assert!(held <= 3 * (1024 + 2 + ENTRY_OVERHEAD + 80), "{held}");
+        assert_eq!(held, 3 * one);
         // An answer larger than the whole bound is not kept, and pushes nothing out.
         let huge = raw(json!("ab".repeat(4096)));
         put(&cache, &tracker, &tx(9), &huge, None);
