@@ -76,21 +76,25 @@ fn composed(raw: Box<RawValue>) -> Routed {
 struct Leader<'a> {
     core: &'a Core,
     key: String,
+    /// Set by [`Leader::finish`]: the entry is already gone.
+    finished: bool,
 }
 
 impl Leader<'_> {
-    fn finish(self) -> Vec<Follower> {
-        let followers = match self.core.inflight.lock() {
+    fn finish(mut self) -> Vec<Follower> {
+        self.finished = true;
+        match self.core.inflight.lock() {
             Ok(mut inflight) => inflight.remove(&self.key).unwrap_or_default(),
             Err(_) => Vec::new(),
-        };
-        std::mem::forget(self);
-        followers
+        }
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         if let Ok(mut inflight) = self.core.inflight.lock() {
             inflight.remove(&self.key);
         }
@@ -228,10 +232,12 @@ impl Core {
         }
         self.metrics.cache_miss(call.method());
         let routed = self.fetch_shared(call, Some(&key)).await?;
-        let still = call.scripthash().and_then(|sh| self.hub.status_of(sh));
         let fits = match call.info.check {
             Check::History => history_fits(&routed.raw, &status),
-            _ => still.as_ref() == Some(&status),
+            _ => {
+                let still = call.scripthash().and_then(|sh| self.hub.status_of(sh));
+                still.as_ref() == Some(&status)
+            }
         };
         if fits && !routed.uncorroborated {
             self.cache.put_at_status(key, &routed.raw, status);
@@ -279,7 +285,11 @@ impl Core {
                 Err(_) => self.fetch(call).await,
             };
         }
-        let leader = Leader { core: self, key };
+        let leader = Leader {
+            core: self,
+            key,
+            finished: false,
+        };
         let res = self.fetch(call).await;
         for tx in leader.finish() {
             let _ = tx.send(res.as_ref().map(|r| r.raw.clone()).map_err(Clone::clone));
