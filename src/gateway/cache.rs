@@ -277,6 +277,13 @@ mod tests {
         }
     }
 
+    /// A verified chain of regtest's genesis alone, in a fresh directory (kept alive with it).
+    fn tracker() -> (tempfile::TempDir, std::sync::Arc<ChainTracker>) {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        (dir, tracker)
+    }
+
     fn raw(v: serde_json::Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(&v).unwrap()
     }
@@ -285,8 +292,7 @@ mod tests {
 
     #[test]
     fn what_may_be_cached_and_for_how_long() {
-        let dir = tempfile::tempdir().unwrap();
-        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        let (_dir, tracker) = tracker();
         let genesis =
             bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
         let cache = AnswerCache::new(100, 1 << 20, 2);
@@ -352,8 +358,7 @@ mod tests {
     }
     #[test]
     fn a_proof_is_filed_under_the_block_it_was_checked_against() {
-        let dir = tempfile::tempdir().unwrap();
-        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        let (_dir, tracker) = tracker();
         let genesis =
             bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
         let cache = AnswerCache::new(100, 1 << 20, 1);
@@ -406,8 +411,7 @@ mod tests {
 
     #[test]
     fn an_answer_kept_by_status_is_served_only_at_that_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        let (_dir, tracker) = tracker();
         let cache = AnswerCache::new(100, 1 << 20, 1);
         let answer = RawValue::from_string("{\"confirmed\":5,\"unconfirmed\":0}".into()).unwrap();
         let s1 = serde_json::json!("aa".repeat(32));
@@ -431,8 +435,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_in_bytes_least_recently_used_first_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let tracker = ChainTracker::open(bitcoin::Network::Regtest, dir.path(), 1).unwrap();
+        let (_dir, tracker) = tracker();
         // Room for three 1 kB answers (key "blockchain.transaction.get|" and 64 hex digits),
         // not four.
         let one = 1024 + 2 + ENTRY_OVERHEAD + 91;
