@@ -30,6 +30,38 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Verification of upstream answers.
     pub verify: VerifyConfig,
+    /// What each upstream may learn of the wallets.
+    pub privacy: PrivacyConfig,
+}
+
+/// How scripthashes are spread over upstreams, so that no upstream learns every address of a
+/// wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyMode {
+    /// Every upstream may be asked about any scripthash (the fastest or best ranked first).
+    Off,
+    /// Each scripthash is assigned, by a keyed hash with a secret kept in the data directory,
+    /// to a fixed set of as many upstreams as its checks and votes need; everything the
+    /// gateway does for it stays inside that set. A wallet's scripthashes are balanced over
+    /// the sets, so each upstream sees about `set / upstreams` of a wallet.
+    Spread,
+}
+
+/// Privacy settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// `spread` (default) or `off`.
+    pub mode: PrivacyMode,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            mode: PrivacyMode::Spread,
+        }
+    }
 }
 
 /// Verification settings.
@@ -172,6 +204,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             routing: RoutingConfig::default(),
             verify: VerifyConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 }

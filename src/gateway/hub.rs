@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::pool::Pool;
+use super::privacy::Set;
 use super::router::unavailable;
 use super::upstream::Upstream;
 use crate::chain::{parse_history, status_hash};
@@ -69,6 +70,9 @@ struct EntryState {
 
 struct Entry {
     scripthash: Arc<str>,
+    /// The upstreams that may learn of this scripthash under `[privacy] mode = "spread"`
+    /// (empty otherwise), fixed when the entry is made.
+    set: Set,
     state: Mutex<EntryState>,
     /// Woken when the first status is known.
     known: Notify,
@@ -146,15 +150,24 @@ impl Hub {
         st.status.clone()
     }
 
+    /// The upstream set of a subscribed scripthash (see [`super::privacy`]).
+    pub fn set_of(&self, scripthash: &str) -> Option<Set> {
+        let entry = self.entries.lock().ok()?.get(scripthash).cloned()?;
+        (!entry.set.is_empty()).then_some(entry.set)
+    }
+
     /// Subscribes a session to a scripthash and returns the current status. Later changes
-    /// arrive as [`SessionEvent::Status`] on the session's mailbox.
+    /// arrive as [`SessionEvent::Status`] on the session's mailbox. `load` counts, per
+    /// upstream slot, the session's scripthashes whose sets hold it: a new entry's set is
+    /// balanced by it ([`super::privacy::Privacy::balanced_set`]), and it counts this one.
     pub async fn subscribe(
         self: &Arc<Self>,
         scripthash: &str,
         session: SessionHandle,
+        load: &Mutex<HashMap<usize, u32>>,
     ) -> Result<Value, RpcError> {
         let sid = session.id;
-        let (entry, status) = self.join(scripthash, session)?;
+        let (entry, status) = self.join(scripthash, session, load)?;
         if let Some(s) = status {
             return Ok(s);
         }
@@ -185,16 +198,27 @@ impl Hub {
         self: &Arc<Self>,
         scripthash: &str,
         session: SessionHandle,
+        load: &Mutex<HashMap<usize, u32>>,
     ) -> Result<(Arc<Entry>, Option<Value>), RpcError> {
         let Ok(mut entries) = self.entries.lock() else {
             return Err(RpcError::internal("hub poisoned"));
+        };
+        let Ok(mut load) = load.lock() else {
+            return Err(RpcError::internal("session poisoned"));
         };
         let entry = match entries.get(scripthash) {
             Some(e) => e.clone(),
             None => {
                 let sh: Arc<str> = Arc::from(scripthash);
+                let privacy = self.pool.privacy();
+                let set = if privacy.spread() {
+                    privacy.balanced_set(&self.pool.private_order(scripthash), &load)
+                } else {
+                    Set::default()
+                };
                 let e = Arc::new(Entry {
                     scripthash: sh.clone(),
+                    set,
                     state: Mutex::new(EntryState {
                         sessions: Vec::new(),
                         status: None,
@@ -213,7 +237,12 @@ impl Hub {
             Ok(mut st) => {
                 match st.sessions.iter_mut().find(|s| s.id == session.id) {
                     Some(s) => *s = session,
-                    None => st.sessions.push(session),
+                    None => {
+                        st.sessions.push(session);
+                        for id in entry.set.ids() {
+                            *load.entry(id).or_insert(0) += 1;
+                        }
+                    }
                 }
                 st.status.clone()
             }
@@ -414,9 +443,8 @@ impl Hub {
                 // Upstreams that failed this scripthash lately come last, not never: with
                 // too few others they are asked again.
                 let Some(pick) = self
-                    .pool
-                    .pick_for(key, &exclude)
-                    .or_else(|| self.pool.pick_for(key, &watching))
+                    .pick(entry, key, &exclude)
+                    .or_else(|| self.pick(entry, key, &watching))
                 else {
                     break;
                 };
@@ -457,11 +485,31 @@ impl Hub {
         (filled, closing)
     }
 
+    /// The upstream to watch the entry's scripthash next, but those in `exclude`: under
+    /// `spread`, a member of its set, else the upstream that steps in for it; otherwise one
+    /// spread by `key` over the upstreams in step.
+    fn pick(&self, entry: &Entry, key: u64, exclude: &[usize]) -> Option<(Arc<Upstream>, Client)> {
+        if entry.set.is_empty() {
+            return self.pool.pick_for(key, exclude);
+        }
+        let (candidates, _) =
+            self.pool
+                .ranked_for_scripthash(true, &entry.scripthash, Some(entry.set));
+        candidates
+            .into_iter()
+            .filter(|(up, _)| !exclude.contains(&up.id))
+            .find_map(|(up, _)| {
+                let client = up.client_for(key)?;
+                Some((up, client))
+            })
+    }
+
     /// Subscribes to the entry's scripthash on one upstream, within [`SUBSCRIBE_PATIENCE`], and
     /// vets the status it answers. `None` when it fails, stalls or lies; an upstream that fails
     /// [`STALL_STRIKES`] subscriptions in a row is penalised.
     async fn watch(&self, entry: &Entry, up: Arc<Upstream>, client: Client) -> Option<Watcher> {
         let params = vec![Value::String(entry.scripthash.to_string())];
+        up.note_scripthash(&entry.scripthash);
         let answered_before = up.stats().answered;
         let sub = tokio::time::timeout(
             SUBSCRIBE_PATIENCE,
@@ -563,9 +611,15 @@ impl Hub {
         shunned: &mut HashMap<usize, Instant>,
     ) {
         let params = vec![Value::String(entry.scripthash.to_string())];
-        let asked = self
-            .pool
-            .ranked_for(true)
+        // Under `spread`: the set and the one upstream that steps in for it (enough for a
+        // majority against one liar); otherwise every upstream in step.
+        let (mut voters, reach) =
+            self.pool
+                .ranked_for_scripthash(true, &entry.scripthash, Some(entry.set));
+        if !entry.set.is_empty() {
+            voters.truncate(reach + 1);
+        }
+        let asked = voters
             .into_iter()
             .map(|(up, client)| {
                 let params = params.clone();
@@ -829,16 +883,19 @@ mod tests {
         let hub = hub(dir.path());
         let (a, mut a_rx) = session(1, 8);
         let (b, mut b_rx) = session(2, 8);
-        let (entry, status) = hub.join(SH, a).unwrap();
+        let (entry, status) = hub.join(SH, a, &Mutex::default()).unwrap();
         assert_eq!(status, None);
-        let (again, _) = hub.join(SH, b).unwrap();
+        let (again, _) = hub.join(SH, b, &Mutex::default()).unwrap();
         assert!(Arc::ptr_eq(&entry, &again), "one entry for the scripthash");
         assert_eq!(hub.scripthashes(), 1);
         assert_eq!(hub.session_subscriptions(), 2);
         // The first status answers subscribers; it is no notification.
         hub.apply(&entry, json!("s1"));
         assert!(a_rx.try_recv().is_err());
-        assert_eq!(hub.join(SH, session(3, 1).0).unwrap().1, Some(json!("s1")));
+        assert_eq!(
+            hub.join(SH, session(3, 1).0, &Mutex::default()).unwrap().1,
+            Some(json!("s1"))
+        );
         hub.unsubscribe(SH, 3);
         // A change reaches every session, once; the same status again is nothing.
         hub.apply(&entry, json!("s2"));
@@ -864,7 +921,7 @@ mod tests {
         let hub = hub(dir.path());
         let (slow, _slow_rx) = session(1, 1);
         let kill = slow.kill.clone();
-        let (entry, _) = hub.join(SH, slow).unwrap();
+        let (entry, _) = hub.join(SH, slow, &Mutex::default()).unwrap();
         hub.apply(&entry, json!("s0"));
         hub.apply(&entry, json!("s1"));
         assert!(!kill.is_cancelled(), "one notification fits");
@@ -876,7 +933,10 @@ mod tests {
     async fn a_subscription_nobody_can_answer_fails_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let hub = hub(dir.path());
-        let e = hub.subscribe(SH, session(1, 1).0).await.unwrap_err();
+        let e = hub
+            .subscribe(SH, session(1, 1).0, &Mutex::default())
+            .await
+            .unwrap_err();
         assert!(e.message.contains("no upstream"), "{e:?}");
         assert_eq!(hub.scripthashes(), 0);
         assert_eq!(hub.upstream_subscriptions(), 0);

@@ -25,6 +25,7 @@ pub(crate) mod hub;
 pub(crate) mod local;
 pub(crate) mod order;
 pub(crate) mod pool;
+pub(crate) mod privacy;
 pub(crate) mod router;
 pub(crate) mod services;
 pub(crate) mod session;

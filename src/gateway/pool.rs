@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::candidates::{self, ip_of, Candidates, Learned, Origin, Refused, Source, Subnet};
+use super::privacy::{Privacy, Set, MAX_SLOTS};
 use super::upstream::Upstream;
 use crate::client::{
     Client, ClientConfig, ClientError, ClientEvent, ConnectionState, ProxyConfig, TlsMode,
@@ -66,6 +67,7 @@ pub struct Pool {
     failures: Mutex<BTreeMap<Reason, u64>>,
     demotions: Mutex<BTreeMap<Demotion, u64>>,
     shutdown: CancellationToken,
+    privacy: Privacy,
 }
 
 /// Whether a candidate may take a slot: an operator's always (and any when
@@ -135,6 +137,16 @@ impl Pool {
         let network = cfg.network()?;
         let tracker =
             ChainTracker::open(network, &cfg.data_dir.join("headers"), cfg.verify.max_lag)?;
+        // Two watchers and two agreeing answers, or the quorum if larger.
+        let set_size = cfg.routing.quorum.max(2);
+        let privacy = Privacy::load(cfg.privacy.mode, set_size, &cfg.data_dir)?;
+        if privacy.spread() && cfg.upstreams.active > MAX_SLOTS {
+            anyhow::bail!(
+                "privacy.mode = \"spread\" addresses at most {MAX_SLOTS} upstreams; \
+                 upstreams.active is {}",
+                cfg.upstreams.active
+            );
+        }
         let state_file = Some(cfg.data_dir.join("upstreams.json"));
         let learned = state_file.as_deref().map(load_learned).unwrap_or_default();
         // Within a tier, servers that worked before go first, best score first.
@@ -200,6 +212,7 @@ impl Pool {
             .map(|(i, u)| Arc::new(Upstream::new(i, u, conns)))
             .collect();
         Ok(Arc::new(Pool {
+            privacy,
             penalty_base: secs(cfg.verify.penalty_secs),
             cfg,
             network,
@@ -301,6 +314,11 @@ impl Pool {
         params: Vec<Value>,
         check: impl FnOnce(&RawValue) -> Verdict,
     ) -> Result<Box<RawValue>, ClientError> {
+        if method.starts_with("blockchain.scripthash.") {
+            if let Some(Value::String(sh)) = params.first() {
+                up.note_scripthash(sh);
+            }
+        }
         let start = Instant::now();
         let res = client.request(method, params).await;
         let elapsed = start.elapsed();
@@ -364,6 +382,54 @@ impl Pool {
     /// [`Pool::ranked_for`] tip-dependent reads.
     pub fn ranked(&self) -> Vec<(Arc<Upstream>, Client)> {
         self.ranked_for(true)
+    }
+
+    /// The privacy policy in force.
+    pub fn privacy(&self) -> &Privacy {
+        &self.privacy
+    }
+
+    /// Every slot in `scripthash`'s keyed order ([`Privacy::order`]).
+    pub fn private_order(&self, scripthash: &str) -> Vec<usize> {
+        let urls: Vec<(usize, String)> = self
+            .upstreams
+            .iter()
+            .map(|u| (u.id, u.url().to_string()))
+            .collect();
+        self.privacy
+            .order(scripthash, urls.iter().map(|(id, u)| (*id, u.as_str())))
+    }
+
+    /// The upstreams that may be asked about `scripthash`, in the order to ask them, and how
+    /// many of them are its set. Under `spread`: the members of `set` (its default set when
+    /// `None`) that [`Pool::ranked_for`] gives, best ranked first, then the other usable
+    /// upstreams in the scripthash's keyed order, which step in only when the set cannot
+    /// answer or disagrees (the first of them is the same upstream every time). Under `off`:
+    /// every usable upstream, all within reach.
+    pub fn ranked_for_scripthash(
+        &self,
+        tip_dependent: bool,
+        scripthash: &str,
+        set: Option<Set>,
+    ) -> (Vec<(Arc<Upstream>, Client)>, usize) {
+        let ranked = self.ranked_for(tip_dependent);
+        if !self.privacy.spread() {
+            let n = ranked.len();
+            return (ranked, n);
+        }
+        let order = self.private_order(scripthash);
+        let set = set.unwrap_or_else(|| self.privacy.first_set(&order));
+        let mut out: Vec<(Arc<Upstream>, Client)> = ranked
+            .iter()
+            .filter(|(u, _)| set.contains(u.id))
+            .cloned()
+            .collect();
+        for id in order.iter().filter(|id| !set.contains(**id)) {
+            if let Some(r) = ranked.iter().find(|(u, _)| u.id == *id) {
+                out.push(r.clone());
+            }
+        }
+        (out, set.len())
     }
 
     /// The upstream and connection that should carry a subscription for `key`: spread by key

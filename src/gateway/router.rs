@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::pool::Pool;
+use super::privacy::Set;
 use super::upstream::Upstream;
 use super::vote::{confirmed_key, median_value, settle, tally, vote_key, Ballot};
 use crate::client::{Client, ClientError};
@@ -87,6 +88,9 @@ fn worth_retrying(e: &ClientError) -> bool {
         _ => true,
     }
 }
+
+/// Upstreams to ask, in order, and how many of them are within reach without need.
+type Candidates = (Vec<(Arc<Upstream>, Client)>, usize);
 
 /// A vote that ended without a majority (the error the wallet gets if it stays so).
 struct NoMajority(RpcError);
@@ -227,15 +231,21 @@ impl Router {
 
     /// Routes one read or broadcast according to the call's policy; the answer alone.
     pub async fn route(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        Ok(self.route_with(call, &NoConfirm).await?.raw)
+        Ok(self.route_with(call, &NoConfirm, None).await?.raw)
     }
 
     /// Routes one read or broadcast according to the call's policy, every read answer passing
-    /// `confirm` after its check.
-    pub async fn route_with(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
+    /// `confirm` after its check. A scripthash read goes to the scripthash's `set` (its
+    /// subscription's, else its default set) under `[privacy] mode = "spread"`.
+    pub async fn route_with(
+        &self,
+        call: &Call,
+        confirm: &dyn Confirm,
+        set: Option<Set>,
+    ) -> Result<Routed, RpcError> {
         match call.policy {
-            Policy::Fastest | Policy::Local => self.fastest(call, confirm).await,
-            Policy::Quorum => self.quorum(call, confirm).await,
+            Policy::Fastest | Policy::Local => self.fastest(call, confirm, set).await,
+            Policy::Quorum => self.quorum(call, confirm, set).await,
             Policy::Median => self.median(call, confirm).await,
             Policy::Broadcast => {
                 let raw = self.broadcast(call).await?;
@@ -276,17 +286,31 @@ impl Router {
         (up, res)
     }
 
-    /// The upstreams [`Pool::ranked_for`] gives; while it gives none, waits for one for up to
+    /// The upstreams that may answer `call`, in the order to ask them, and how many of them
+    /// are within reach without need (for a scripthash under `spread`: its set, see
+    /// [`Pool::ranked_for_scripthash`]; otherwise all).
+    fn candidates(&self, call: &Call, set: Option<Set>) -> Candidates {
+        match &call.args {
+            Args::ScriptHash(sh) => self.pool.ranked_for_scripthash(call.info.tip, sh, set),
+            _ => {
+                let ranked = self.pool.ranked_for(call.info.tip);
+                let n = ranked.len();
+                (ranked, n)
+            }
+        }
+    }
+
+    /// [`Router::candidates`]; while there are none, waits for one for up to
     /// [`IN_STEP_PATIENCE`], woken by pool events (a connection, a tip, a standing change),
     /// and at least every quarter second. Empty when none came.
-    async fn ranked_or_wait(&self, tip_dependent: bool) -> Vec<(Arc<Upstream>, Client)> {
+    async fn candidates_or_wait(&self, call: &Call, set: Option<Set>) -> Candidates {
         let deadline = tokio::time::Instant::now() + IN_STEP_PATIENCE;
         let mut events = self.pool.events();
         let mut waited = false;
         loop {
-            let ranked = self.pool.ranked_for(tip_dependent);
+            let ranked = self.candidates(call, set);
             let now = tokio::time::Instant::now();
-            if !ranked.is_empty() || now >= deadline {
+            if !ranked.0.is_empty() || now >= deadline {
                 return ranked;
             }
             if !waited {
@@ -310,8 +334,13 @@ impl Router {
     /// corroboration ([`crate::verify::corroboration`]) wins once a second upstream gave the
     /// same (see [`corroborated`]); an answer proven by itself ends the vote at once, and
     /// those that differ from the winner are penalised.
-    pub async fn fastest(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
-        let ranked = self.ranked_or_wait(call.info.tip).await;
+    pub async fn fastest(
+        &self,
+        call: &Call,
+        confirm: &dyn Confirm,
+        set: Option<Set>,
+    ) -> Result<Routed, RpcError> {
+        let (ranked, reach) = self.candidates_or_wait(call, set).await;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected and in step"));
         }
@@ -365,7 +394,9 @@ impl Router {
                         }
                     }
                 }
-                _ = &mut hedge, if !hedged && next < ranked.len() => {
+                // A slow upstream is hedged within the set and the one upstream that steps
+                // in for it (for a scripthash under `spread`).
+                _ = &mut hedge, if !hedged && next < ranked.len().min(reach.saturating_add(1)) => {
                     hedged = true;
                     self.stats.hedges.fetch_add(1, Ordering::Relaxed);
                     launch(&mut next, &mut inflight);
@@ -438,7 +469,12 @@ impl Router {
     /// the confirmed part but their mempools still differ, the answer keeps the unconfirmed
     /// entries a majority reports ([`super::vote::settle`]); otherwise the wallet gets an error
     /// rather than an answer that may be false.
-    pub async fn quorum(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
+    pub async fn quorum(
+        &self,
+        call: &Call,
+        confirm: &dyn Confirm,
+        set: Option<Set>,
+    ) -> Result<Routed, RpcError> {
         let deadline = tokio::time::Instant::now() + VOTE_PATIENCE;
         let mut events = self.pool.events();
         let mut round = 0;
@@ -448,7 +484,7 @@ impl Router {
             // A round never outlasts the vote's patience by more than a hedge.
             let bound =
                 deadline.saturating_duration_since(tokio::time::Instant::now()) + self.hedge_max;
-            let once = tokio::time::timeout(bound, self.quorum_once(call, last, confirm))
+            let once = tokio::time::timeout(bound, self.quorum_once(call, last, confirm, set))
                 .await
                 .unwrap_or_else(|_| {
                     Err(NoMajority(unavailable(
@@ -474,8 +510,9 @@ impl Router {
         call: &Call,
         last: bool,
         confirm: &dyn Confirm,
+        set: Option<Set>,
     ) -> Result<Result<Routed, RpcError>, NoMajority> {
-        let ranked = self.pool.ranked_for(call.info.tip);
+        let (ranked, reach) = self.candidates(call, set);
         if ranked.is_empty() {
             return Err(NoMajority(unavailable(
                 "no upstream is connected and in step",
@@ -529,8 +566,10 @@ impl Router {
                                 break;
                             }
                             if keys.len() > 1 {
-                                // A disagreement: everyone votes, within a bounded time.
-                                while next < ranked.len() {
+                                // A disagreement: everyone votes, within a bounded time (for
+                                // a scripthash under `spread`: its set and the one upstream
+                                // that steps in for it, enough to outvote one liar).
+                                while next < ranked.len().min(reach.saturating_add(1)) {
                                     launch(&mut next, &mut inflight);
                                 }
                                 cutoff.get_or_insert_with(|| {
@@ -547,7 +586,7 @@ impl Router {
                         }
                     }
                 }
-                _ = &mut hedge, if next < ranked.len() => {
+                _ = &mut hedge, if next < ranked.len().min(reach.saturating_add(1)) => {
                     self.stats.hedges.fetch_add(1, Ordering::Relaxed);
                     launch(&mut next, &mut inflight);
                     hedge.as_mut().reset(tokio::time::Instant::now() + self.hedge_delay(&ranked[0].0));
@@ -652,8 +691,9 @@ impl Router {
     /// an error.
     pub async fn median(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
         let answers: Vec<_> = self
-            .ranked_or_wait(true)
+            .candidates_or_wait(call, None)
             .await
+            .0
             .into_iter()
             .map(|target| self.ask(target, call, confirm))
             .collect::<FuturesUnordered<_>>()
@@ -698,7 +738,7 @@ impl Router {
     /// rejections cannot outnumber acceptances; otherwise the rejection they gave. One
     /// upstream's word is never enough, since anyone can compute a txid.
     pub async fn broadcast(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        let ranked = self.ranked_or_wait(false).await;
+        let ranked = self.candidates_or_wait(call, None).await.0;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected"));
         }

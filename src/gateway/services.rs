@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::AnswerCache;
 use super::hub::Hub;
 use super::pool::Pool;
+use super::privacy::Set;
 use super::router::{Confirm, NoConfirm, Routed, Router};
 use super::upstream::Upstream;
 use crate::client::{Client, ClientError};
@@ -347,6 +348,12 @@ impl Core {
         }
     }
 
+    /// The set of upstreams a scripthash call goes to: its subscription's, when it has one
+    /// (otherwise the router takes the scripthash's default set).
+    fn set_of(&self, call: &Call) -> Option<Set> {
+        call.scripthash().and_then(|sh| self.hub.set_of(sh))
+    }
+
     /// Routes a call (an `id_from_pos` answer confirmed by its transaction), and its fallback
     /// when upstreams do not know the method.
     async fn fetch(&self, call: &Call) -> Result<Routed, RpcError> {
@@ -356,9 +363,13 @@ impl Core {
                     core: self,
                     pos: *pos,
                 };
-                self.router.route_with(call, &confirm).await
+                self.router.route_with(call, &confirm, None).await
             }
-            _ => self.router.route_with(call, &NoConfirm).await,
+            _ => {
+                self.router
+                    .route_with(call, &NoConfirm, self.set_of(call))
+                    .await
+            }
         };
         let Some(fallback) = call.info.fallback else {
             return res;
@@ -395,10 +406,12 @@ impl Core {
             }
             Fallback::MempoolFromHistory if unknown => {
                 let args = call.args.clone();
+                let history = other("blockchain.scripthash.get_history", args)?;
                 let h = self
                     .router
-                    .route(&other("blockchain.scripthash.get_history", args)?)
-                    .await?;
+                    .route_with(&history, &NoConfirm, self.set_of(call))
+                    .await?
+                    .raw;
                 let hist: Vec<Value> = from_raw(&h)?;
                 let mempool: Vec<Value> = hist
                     .into_iter()

@@ -56,6 +56,9 @@ struct Shared {
     handle: SessionHandle,
     /// Subscription forms by scripthash.
     forms: Mutex<HashMap<String, Forms>>,
+    /// Per upstream slot, how many of this session's scripthashes its sets hold (balances a
+    /// wallet's addresses over the upstreams under `[privacy] mode = "spread"`).
+    load: Mutex<HashMap<usize, u32>>,
 }
 
 fn encode_version(v: (u32, u32, u32)) -> u32 {
@@ -126,6 +129,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
             kill: kill.clone(),
         },
         forms: Mutex::new(HashMap::new()),
+        load: Mutex::new(HashMap::new()),
     });
     // Finished requests come back on a channel made with the first request: a connection
     // that sends none but `server.version` holds none.
@@ -625,7 +629,11 @@ async fn subscribe(core: &Arc<Core>, shared: &Arc<Shared>, call: &Call) -> Resul
             None => f.by_scripthash = true,
         }
     }
-    match core.hub.subscribe(sh, shared.handle.clone()).await {
+    match core
+        .hub
+        .subscribe(sh, shared.handle.clone(), &shared.load)
+        .await
+    {
         Ok(status) => Ok(status),
         Err(e) => {
             if let Ok(mut forms) = shared.forms.lock() {

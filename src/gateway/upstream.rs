@@ -1,6 +1,7 @@
 //! One upstream slot: a server, its connections, its latency measurements and its standing.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -62,6 +63,11 @@ pub struct Upstream {
     pub cordoned: AtomicBool,
     /// Scripthash subscriptions it failed or stalled in a row.
     pub(crate) subscribe_failures: std::sync::atomic::AtomicU32,
+    /// What this server has learnt of the wallets: the distinct scripthashes it was asked
+    /// about (subscribed to or read), as fingerprints under a key of this process, so that
+    /// the set names no scripthash.
+    seen: Mutex<HashSet<u64>>,
+    seen_key: RandomState,
 }
 
 impl Upstream {
@@ -78,6 +84,8 @@ impl Upstream {
             link: LinkGuard::default(),
             cordoned: AtomicBool::new(false),
             subscribe_failures: Default::default(),
+            seen: Mutex::new(HashSet::new()),
+            seen_key: RandomState::new(),
         }
     }
 
@@ -154,6 +162,22 @@ impl Upstream {
             *tip = None;
         }
         self.cordoned.store(false, Ordering::Relaxed);
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = HashSet::new();
+        }
+    }
+
+    /// Notes that this server was asked about `scripthash`.
+    pub(crate) fn note_scripthash(&self, scripthash: &str) {
+        let fingerprint = self.seen_key.hash_one(scripthash);
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(fingerprint);
+        }
+    }
+
+    /// How many distinct scripthashes this server was asked about since it took this slot.
+    pub fn scripthashes_seen(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     /// True when it may serve reads that depend on the tip.
@@ -252,6 +276,7 @@ impl Upstream {
             consecutive_failures: stats.consecutive_failures,
             last_error: stats.last_error,
             last_success: stats.last_success,
+            scripthashes_seen: self.scripthashes_seen(),
         }
     }
 

@@ -85,6 +85,7 @@ pub struct Metrics {
     upstream_tip: IntGaugeVec,
     upstream_lag: IntGaugeVec,
     upstream_score: GaugeVec,
+    upstream_scripthashes: IntGaugeVec,
     upstream_latency_ewma: GaugeVec,
     upstream_reconnects: IntCounterVec,
     upstream_requests: IntCounterVec,
@@ -226,6 +227,12 @@ impl Metrics {
             upstream_score: b.fgauge_vec(
                 "upstream_score",
                 "Routing score per upstream (latency inflated by errors; lower is better).",
+                &["upstream"],
+            ),
+            upstream_scripthashes: b.gauge_vec(
+                "upstream_scripthashes",
+                "Distinct scripthashes each upstream was asked about (subscribed to or read) \
+                 since it took its slot: how much of the wallets it has seen.",
                 &["upstream"],
             ),
             upstream_latency_ewma: b.fgauge_vec(
@@ -492,6 +499,9 @@ impl Metrics {
                 }
             }
             self.upstream_score.with_label_values(&l).set(up.score);
+            self.upstream_scripthashes
+                .with_label_values(&l)
+                .set(i64::try_from(up.scripthashes_seen).unwrap_or(i64::MAX));
             match up.ewma_ms {
                 Some(ms) => self
                     .upstream_latency_ewma
@@ -557,6 +567,7 @@ impl Metrics {
         let _ = self.upstream_tip.remove_label_values(&l);
         let _ = self.upstream_lag.remove_label_values(&l);
         let _ = self.upstream_score.remove_label_values(&l);
+        let _ = self.upstream_scripthashes.remove_label_values(&l);
         let _ = self.upstream_latency_ewma.remove_label_values(&l);
         let _ = self.upstream_reconnects.remove_label_values(&l);
         let _ = self.upstream_duration.remove_label_values(&l);

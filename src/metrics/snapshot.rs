@@ -109,6 +109,9 @@ pub struct UpstreamView {
     pub last_error: String,
     /// Last successful connection.
     pub last_success: Option<SystemTime>,
+    /// Distinct scripthashes this server was asked about (subscribed to or read) since it
+    /// took the slot: how much of the wallets behind the gateway it has seen.
+    pub scripthashes_seen: usize,
 }
 
 impl UpstreamView {

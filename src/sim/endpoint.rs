@@ -37,6 +37,8 @@ pub(crate) struct Endpoint {
     listener: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     conns: Mutex<HashMap<u64, Conn>>,
     requests: AtomicU64,
+    /// Every scripthash any connection asked about (subscribed to or read), ever.
+    asked: Mutex<BTreeSet<Sh>>,
     view_cache: Mutex<Option<(ViewKey, Arc<View>)>>,
 }
 
@@ -49,6 +51,7 @@ impl Endpoint {
             listener: tokio::sync::Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            asked: Mutex::new(BTreeSet::new()),
             view_cache: Mutex::new(None),
         }
     }
@@ -96,6 +99,16 @@ impl Endpoint {
             all.extend(lock(&c.subs).iter().copied());
         }
         all
+    }
+
+    /// Records a scripthash a connection asked about.
+    pub fn record_asked(&self, sh: Sh) {
+        lock(&self.asked).insert(sh);
+    }
+
+    /// Every scripthash any connection asked about since the endpoint started.
+    pub fn asked(&self) -> BTreeSet<Sh> {
+        lock(&self.asked).clone()
     }
 
     /// Called by a session as it ends.

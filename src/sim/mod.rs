@@ -32,6 +32,7 @@ use anyhow::Context as _;
 use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::Txid;
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -425,6 +426,17 @@ impl Sim {
     pub fn subscribed_scripthashes(&self, endpoint: usize) -> Vec<String> {
         self.inner.endpoints[endpoint]
             .subscribed()
+            .iter()
+            .map(sh_hex)
+            .collect()
+    }
+
+    /// Every scripthash the endpoint was asked about (subscribed to, or read) since it
+    /// started, by any connection: what this server has learnt of the wallets behind its
+    /// clients.
+    pub fn asked_scripthashes(&self, endpoint: usize) -> BTreeSet<String> {
+        self.inner.endpoints[endpoint]
+            .asked()
             .iter()
             .map(sh_hex)
             .collect()

@@ -48,6 +48,12 @@ pub(crate) struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// Records that the endpoint was asked about `sh` (what a server learns), and returns it.
+    fn asked(&self, sh: Sh) -> Sh {
+        self.inner.endpoints[self.endpoint].record_asked(sh);
+        sh
+    }
+
     fn view(&self) -> Arc<View> {
         self.inner.view_for(self.endpoint)
     }
@@ -181,7 +187,7 @@ impl Call<'_> {
                 Ok(fee_histogram(&self.view()))
             }
             "blockchain.scripthash.get_balance" => {
-                let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
+                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let (c, u) = self.view().balance(&sh);
                 let c = if self.faults.lie_balance {
                     c + BALANCE_LIE
@@ -198,20 +204,20 @@ impl Call<'_> {
                 Ok(json!({"confirmed": c, "unconfirmed": u}))
             }
             "blockchain.scripthash.get_history" => {
-                let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
+                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
                 Ok(history_json_as(
                     &served_history(&self.view(), self.faults, &sh),
                     self.faults,
                 ))
             }
             "blockchain.scripthash.get_mempool" => {
-                let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
+                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let h = served_history(&self.view(), self.faults, &sh);
                 let mem: Vec<HistEntry> = h.into_iter().filter(|e| e.height <= 0).collect();
                 Ok(history_json_as(&mem, self.faults))
             }
             "blockchain.scripthash.listunspent" => {
-                let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
+                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let mut list = listunspent_json(&self.view(), &sh);
                 if let (true, Value::Array(items)) = (self.faults.hide_mempool, &mut list) {
                     items.retain(|u| u["height"].as_i64().unwrap_or(0) > 0);
@@ -227,14 +233,14 @@ impl Call<'_> {
                 Ok(list)
             }
             "blockchain.scripthash.subscribe" => {
-                let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
+                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let st = status(&served_history(&self.view(), self.faults, &sh));
                 state.subs.insert(sh, st.clone());
                 lock(&state.shared_subs).insert(sh);
                 Ok(json!(st))
             }
             "blockchain.scripthash.unsubscribe" => {
-                let sh = scripthash(params(req, &["scripthash"], 1)?[0])?;
+                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let was = state.subs.remove(&sh).is_some();
                 lock(&state.shared_subs).remove(&sh);
                 Ok(json!(was))

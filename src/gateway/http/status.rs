@@ -51,6 +51,7 @@ pub fn upstream_json(up: &UpstreamView, best: Option<&Tip>) -> Value {
         "software": up.software,
         "protocol": up.protocol,
         "score": round3(up.score),
+        "scripthashes_seen": up.scripthashes_seen,
         "answered": up.answered,
         "failed": up.failed,
         "error_rate": round3(up.error_rate),
