@@ -88,6 +88,13 @@ pub struct ListenConfig {
     /// Bearer token the admin API requires; needed to put the HTTP listener on a
     /// non-loopback address.
     pub admin_token: String,
+    /// Seconds a drain (SIGTERM, SIGINT, [`crate::gateway::Gateway::drain`]) waits for wallet
+    /// sessions to finish their requests before the rest are closed.
+    pub drain_secs: f64,
+    /// Source networks (CIDR, e.g. `10.0.0.0/8`, or a single address) of balancers that put a
+    /// PROXY protocol header (v1 or v2) before each wallet connection; a connection from one
+    /// of them must start with a header. Empty: PROXY protocol off.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// Upstream servers and how to reach them.
@@ -176,6 +183,26 @@ impl Default for Config {
     }
 }
 
+impl ListenConfig {
+    /// `proxy_protocol_from` parsed: networks in CIDR form, a bare address meaning that
+    /// address alone.
+    pub fn proxy_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.proxy_protocol_from
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "listen.proxy_protocol_from: {s:?} is not a network (e.g. \"10.0.0.0/8\") or an address"
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
 impl Default for ListenConfig {
     fn default() -> Self {
         ListenConfig {
@@ -186,6 +213,8 @@ impl Default for ListenConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             admin_token: String::new(),
+            drain_secs: 10.0,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -282,6 +311,13 @@ impl Config {
                 addr.parse::<SocketAddr>()
                     .map_err(|e| anyhow::anyhow!("{name} = {addr:?}: {e}"))?;
             }
+        }
+        self.listen.proxy_networks()?;
+        if !(self.listen.drain_secs.is_finite() && self.listen.drain_secs >= 0.0) {
+            anyhow::bail!(
+                "listen.drain_secs = {}: must be a number of seconds, 0 or more",
+                self.listen.drain_secs
+            );
         }
         if self.upstreams.active == 0 {
             anyhow::bail!("upstreams.active must be at least 1");
