@@ -92,14 +92,12 @@ pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Opt
         let header = ppp::v1::Header::try_from(buf.as_slice())
             .map_err(|e| bad(format!("PROXY v1 header: {e}")))?;
         return Ok(match header.addresses {
-            ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(
-                IpAddr::V4(a.source_address),
-                a.source_port,
-            )),
-            ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(
-                IpAddr::V6(a.source_address),
-                a.source_port,
-            )),
+            ppp::v1::Addresses::Tcp4(a) => {
+                Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+            }
+            ppp::v1::Addresses::Tcp6(a) => {
+                Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+            }
             ppp::v1::Addresses::Unknown => None,
         });
     }
@@ -123,14 +121,12 @@ pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Opt
         return Ok(None);
     }
     Ok(match header.addresses {
-        ppp::v2::Addresses::IPv4(a) => Some(SocketAddr::new(
-            IpAddr::V4(a.source_address),
-            a.source_port,
-        )),
-        ppp::v2::Addresses::IPv6(a) => Some(SocketAddr::new(
-            IpAddr::V6(a.source_address),
-            a.source_port,
-        )),
+        ppp::v2::Addresses::IPv4(a) => {
+            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        ppp::v2::Addresses::IPv6(a) => {
+            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
         ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => None,
     })
 }
@@ -232,7 +228,10 @@ mod tests {
         // A direct client's bytes, even one that looks like a header, are its own.
         let direct: SocketAddr = "127.0.0.2:999".parse().unwrap();
         let mut r: &[u8] = b"PROXY TCP4 1.2.3.4 127.0.0.1 1 2\r\n";
-        assert_eq!(sources.client_address(&mut r, direct).await.unwrap(), direct);
+        assert_eq!(
+            sources.client_address(&mut r, direct).await.unwrap(),
+            direct
+        );
         assert_eq!(r.len(), 34);
         let balancer: SocketAddr = "127.0.0.1:999".parse().unwrap();
         let mut r: &[u8] = b"PROXY TCP4 1.2.3.4 127.0.0.1 1 2\r\n";
