@@ -454,6 +454,27 @@ mod tests {
             d.upstreams.allow_same_subnet
         );
         assert_eq!(cfg.limits.max_line_bytes, d.limits.max_line_bytes);
+        assert_eq!(cfg.listen.drain_secs, d.listen.drain_secs);
+        assert_eq!(cfg.listen.proxy_protocol_from, d.listen.proxy_protocol_from);
+    }
+
+    #[test]
+    fn proxy_protocol_sources_are_networks_or_addresses() {
+        let cfg = Config::from_toml(
+            "[listen]\nproxy_protocol_from = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1\", \" 192.0.2.7 \"]",
+        )
+        .unwrap();
+        let nets: Vec<String> = cfg
+            .listen
+            .proxy_networks()
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            nets,
+            ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "192.0.2.7/32"]
+        );
     }
 
     #[test]
@@ -475,6 +496,9 @@ mod tests {
             "[upstreams]\nrequest_timeout_secs = -1",
             "[upstreams]\nreconnect_initial_secs = 10\nreconnect_max_secs = 1",
             "[verify]\npenalty_secs = nan",
+            "[listen]\ndrain_secs = -1",
+            "[listen]\nproxy_protocol_from = [\"10.0.0.0/33\"]",
+            "[listen]\nproxy_protocol_from = [\"balancer.example\"]",
         ] {
             let e = Config::from_toml(bad).expect_err(bad).to_string();
             let key = bad.lines().last().unwrap().split(' ').next().unwrap();
