@@ -20,9 +20,10 @@ fn unit() -> String {
 /// The value of `key=` in the unit (the last one, as systemd reads it).
 fn unit_value(unit: &str, key: &str) -> Option<String> {
     unit.lines()
+        .rev()
         .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
         .map(|v| v.trim().to_string())
-        .last()
+        .next()
 }
 
 #[test]
