@@ -6,7 +6,7 @@ mod common;
 use common::{Net, Wallet, WAIT};
 use electrum_gateway::config::Config;
 use electrum_gateway::gateway::Gateway;
-use electrum_gateway::sim::{Sim, SimConfig, ADDRESSES};
+use electrum_gateway::sim::{Faults, Sim, SimConfig, ADDRESSES};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -389,6 +389,35 @@ async fn killed_upstream_costs_no_read_and_no_notification() {
     // The upstream comes back and is used again.
     net.sim.start_endpoint(victim).await.unwrap();
     assert!(net.gw.wait_connected(3, WAIT).await);
+}
+
+#[tokio::test]
+async fn a_read_while_no_upstream_is_in_step_waits_for_one() {
+    let net = Net::start(&["127.0.0.1:0", "127.0.0.1:0,lag=3"]).await;
+    let mut w = net.wallet().await;
+    // Both upstreams fall behind the verified tip (as right after a block or a reorg that no
+    // upstream has followed yet): no tip-dependent read can be answered for now.
+    net.sim.set_faults(0, "lag=3".parse().unwrap());
+    let gw = &net.gw;
+    net.until("no upstream in step", || {
+        gw.snapshot()
+            .upstreams
+            .iter()
+            .all(|u| !u.standing.in_step())
+    })
+    .await;
+    let sh = ADDRESSES[0].scripthash;
+    let id = w
+        .send("blockchain.scripthash.get_mempool", json!([sh]))
+        .await;
+    net.until("the read waits for an upstream", || {
+        gw.snapshot().counters.in_step_waits > 0
+    })
+    .await;
+    // It catches up: the read is answered rather than failed.
+    net.sim.set_faults(0, Faults::default());
+    let r = w.response(id).await;
+    assert!(r["result"].is_array(), "{r}");
 }
 
 async fn reads_survive(net: &Net, rounds: usize) {

@@ -620,6 +620,14 @@ impl Hub {
                 i += 1;
                 continue;
             }
+            // No history from it (a stall, a connection going down): it cannot vouch for this
+            // scripthash, so another upstream watches it instead. Not answering is no lie:
+            // penalising it once per scripthash would sit a briefly stalled server out for an
+            // hour; the pool's timeouts deal with a server that stopped answering.
+            if !confirmed.contains_key(&w.up.id) {
+                self.drop_watcher(watchers, i, shunned);
+                continue;
+            }
             // Silent (its history is the majority's, but it never announced the change), wrong
             // (its history's confirmed part is not the majority's), or only behind on the
             // mempool (honest servers see a transaction at different moments: not held against

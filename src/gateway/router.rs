@@ -46,6 +46,8 @@ pub struct RouterStats {
     pub retries: AtomicU64,
     /// Quorum reads whose answers disagreed.
     pub disagreements: AtomicU64,
+    /// Reads that found no upstream able to answer and waited for one to come into step.
+    pub in_step_waits: AtomicU64,
 }
 
 /// Routes requests to upstreams.
@@ -92,6 +94,10 @@ struct NoMajority(RpcError);
 /// How long a vote without a winner is taken again, as upstreams reach the same state, before
 /// the wallet gets an error.
 pub const VOTE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a read waits for an upstream to come into step when none is (right after a kill,
+/// or a block or reorg that no upstream has followed yet) before the wallet gets an error.
+pub const IN_STEP_PATIENCE: Duration = VOTE_PATIENCE;
 
 /// True for a ballot at the chain state a vote was decided at (any, when it was decided
 /// across states).
@@ -270,6 +276,28 @@ impl Router {
         (up, res)
     }
 
+    /// The upstreams [`Pool::ranked_for`] gives; while it gives none, waits for one for up to
+    /// [`IN_STEP_PATIENCE`], woken by pool events (a connection, a tip, a standing change),
+    /// and at least every quarter second. Empty when none came.
+    async fn ranked_or_wait(&self, tip_dependent: bool) -> Vec<(Arc<Upstream>, Client)> {
+        let deadline = tokio::time::Instant::now() + IN_STEP_PATIENCE;
+        let mut events = self.pool.events();
+        let mut waited = false;
+        loop {
+            let ranked = self.pool.ranked_for(tip_dependent);
+            let now = tokio::time::Instant::now();
+            if !ranked.is_empty() || now >= deadline {
+                return ranked;
+            }
+            if !waited {
+                waited = true;
+                self.stats.in_step_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            let wake = deadline.min(now + Duration::from_millis(250));
+            let _ = tokio::time::timeout_at(wake, events.recv()).await;
+        }
+    }
+
     fn hedge_delay(&self, up: &Upstream) -> Duration {
         up.p90()
             .unwrap_or(self.hedge_max / 2)
@@ -283,7 +311,7 @@ impl Router {
     /// same (see [`corroborated`]); an answer proven by itself ends the vote at once, and
     /// those that differ from the winner are penalised.
     pub async fn fastest(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
-        let ranked = self.pool.ranked_for(call.info.tip);
+        let ranked = self.ranked_or_wait(call.info.tip).await;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected and in step"));
         }
@@ -624,8 +652,8 @@ impl Router {
     /// an error.
     pub async fn median(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
         let answers: Vec<_> = self
-            .pool
-            .ranked_for(true)
+            .ranked_or_wait(true)
+            .await
             .into_iter()
             .map(|target| self.ask(target, call, confirm))
             .collect::<FuturesUnordered<_>>()
@@ -670,7 +698,7 @@ impl Router {
     /// rejections cannot outnumber acceptances; otherwise the rejection they gave. One
     /// upstream's word is never enough, since anyone can compute a txid.
     pub async fn broadcast(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        let ranked = self.pool.ranked_for(false);
+        let ranked = self.ranked_or_wait(false).await;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected"));
         }

@@ -486,6 +486,7 @@ impl Core {
                 hedges: rs.hedges.load(Ordering::Relaxed),
                 retries: rs.retries.load(Ordering::Relaxed),
                 disagreements: rs.disagreements.load(Ordering::Relaxed),
+                in_step_waits: rs.in_step_waits.load(Ordering::Relaxed),
                 subscription_moves: hub.moves.load(Ordering::Relaxed),
                 notifications: hub.notifications.load(Ordering::Relaxed),
                 reorgs: tracker.reorgs(),

@@ -94,6 +94,7 @@ pub struct Metrics {
     failovers: IntCounter,
     hedges: IntCounter,
     retries: IntCounter,
+    in_step_waits: IntCounter,
     disagreements: IntCounter,
     verification_failures: IntCounterVec,
     demotions: IntCounterVec,
@@ -266,6 +267,11 @@ impl Metrics {
             retries: b.counter(
                 "retries_total",
                 "Reads retried on another upstream after an error or timeout.",
+            ),
+            in_step_waits: b.counter(
+                "in_step_waits_total",
+                "Reads that found no upstream in step and waited for one (after a kill, a block \
+                 or a reorg).",
             ),
             disagreements: b.counter(
                 "quorum_disagreements_total",
@@ -522,6 +528,7 @@ impl Metrics {
         set_counter(&self.hedges, c.hedges);
         set_counter(&self.retries, c.retries);
         set_counter(&self.disagreements, c.disagreements);
+        set_counter(&self.in_step_waits, c.in_step_waits);
         for r in Reason::ALL {
             set_counter(
                 &self.verification_failures.with_label_values(&[r.as_str()]),

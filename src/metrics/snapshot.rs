@@ -150,6 +150,8 @@ pub struct Counters {
     pub retries: u64,
     /// Voted reads whose answers disagreed.
     pub disagreements: u64,
+    /// Reads that found no upstream able to answer and waited for one to come into step.
+    pub in_step_waits: u64,
     /// Scripthash subscriptions moved to another upstream.
     pub subscription_moves: u64,
     /// Scripthash notifications sent to wallets.

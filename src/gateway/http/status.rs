@@ -151,6 +151,7 @@ pub fn status(snap: &Snapshot, events: Vec<Event>, draining: bool) -> Value {
             "hedges": c.hedges,
             "retries": c.retries,
             "quorum_disagreements": c.disagreements,
+            "in_step_waits": c.in_step_waits,
             "subscription_moves": c.subscription_moves,
             "notifications": c.notifications,
             "reorgs": c.reorgs,
