@@ -187,11 +187,15 @@ impl Gateway {
         self.http
     }
 
-    /// Stops listeners, sessions and upstream connections at once, and writes the pool's
-    /// state (`upstreams.json`) one last time.
+    /// Stops listeners, sessions and upstream connections at once, and writes the state one
+    /// last time: the pool's (`upstreams.json`), and headers the header store lacks after a
+    /// failed write.
     pub fn shutdown(&self) {
         self.core.shutdown.cancel();
         self.core.pool.save();
+        if let Err(e) = self.core.pool.tracker().flush_store() {
+            tracing::error!(error = %e, "writing the header store at shutdown failed");
+        }
     }
 
     /// True once [`Gateway::drain`] has started.
