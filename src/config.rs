@@ -120,6 +120,13 @@ pub struct ListenConfig {
     /// Bearer token the admin API requires; needed to put the HTTP listener on a
     /// non-loopback address.
     pub admin_token: String,
+    /// Seconds a drain (SIGTERM, SIGINT, [`crate::gateway::Gateway::drain`]) waits for wallet
+    /// sessions to finish their requests before the rest are closed.
+    pub drain_secs: f64,
+    /// Source networks (CIDR, e.g. `10.0.0.0/8`, or a single address) of balancers that put a
+    /// PROXY protocol header (v1 or v2) before each wallet connection; a connection from one
+    /// of them must start with a header. Empty: PROXY protocol off.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// Upstream servers and how to reach them.
@@ -209,6 +216,26 @@ impl Default for Config {
     }
 }
 
+impl ListenConfig {
+    /// `proxy_protocol_from` parsed: networks in CIDR form, a bare address meaning that
+    /// address alone.
+    pub fn proxy_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.proxy_protocol_from
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "listen.proxy_protocol_from: {s:?} is not a network (e.g. \"10.0.0.0/8\") or an address"
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
 impl Default for ListenConfig {
     fn default() -> Self {
         ListenConfig {
@@ -219,6 +246,8 @@ impl Default for ListenConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             admin_token: String::new(),
+            drain_secs: 10.0,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -315,6 +344,13 @@ impl Config {
                 addr.parse::<SocketAddr>()
                     .map_err(|e| anyhow::anyhow!("{name} = {addr:?}: {e}"))?;
             }
+        }
+        self.listen.proxy_networks()?;
+        if !(self.listen.drain_secs.is_finite() && self.listen.drain_secs >= 0.0) {
+            anyhow::bail!(
+                "listen.drain_secs = {}: must be a number of seconds, 0 or more",
+                self.listen.drain_secs
+            );
         }
         if self.upstreams.active == 0 {
             anyhow::bail!("upstreams.active must be at least 1");
@@ -451,6 +487,27 @@ mod tests {
             d.upstreams.allow_same_subnet
         );
         assert_eq!(cfg.limits.max_line_bytes, d.limits.max_line_bytes);
+        assert_eq!(cfg.listen.drain_secs, d.listen.drain_secs);
+        assert_eq!(cfg.listen.proxy_protocol_from, d.listen.proxy_protocol_from);
+    }
+
+    #[test]
+    fn proxy_protocol_sources_are_networks_or_addresses() {
+        let cfg = Config::from_toml(
+            "[listen]\nproxy_protocol_from = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1\", \" 192.0.2.7 \"]",
+        )
+        .unwrap();
+        let nets: Vec<String> = cfg
+            .listen
+            .proxy_networks()
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            nets,
+            ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "192.0.2.7/32"]
+        );
     }
 
     #[test]
@@ -472,6 +529,9 @@ mod tests {
             "[upstreams]\nrequest_timeout_secs = -1",
             "[upstreams]\nreconnect_initial_secs = 10\nreconnect_max_secs = 1",
             "[verify]\npenalty_secs = nan",
+            "[listen]\ndrain_secs = -1",
+            "[listen]\nproxy_protocol_from = [\"10.0.0.0/33\"]",
+            "[listen]\nproxy_protocol_from = [\"balancer.example\"]",
         ] {
             let e = Config::from_toml(bad).expect_err(bad).to_string();
             let key = bad.lines().last().unwrap().split(' ').next().unwrap();

@@ -36,6 +36,8 @@ pub mod gateway;
 pub mod listen;
 #[cfg(feature = "gateway")]
 pub mod metrics;
+#[cfg(feature = "gateway")]
+pub mod proxy_protocol;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "tools")]

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::protocol::DEFAULT_MAX_LINE;
+use crate::proxy_protocol::ProxySources;
 use crate::transport::{frame_lines_small, frame_tcp_small, frame_ws, Framed, Scheme, ServerUrl};
 
 /// A TLS certificate chain and its private key.
@@ -173,8 +174,11 @@ pub struct ListenOptions {
     pub max_message: usize,
     /// TLS configuration, required for `ssl://` and `wss://`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Time allowed for the TLS and WebSocket handshakes.
+    /// Time allowed for the TLS and WebSocket handshakes (and a PROXY protocol header).
     pub handshake_timeout: Duration,
+    /// Balancers whose connections start with a PROXY protocol header naming the client
+    /// ([`crate::proxy_protocol`]); none by default.
+    pub proxy_sources: Arc<ProxySources>,
 }
 
 impl Default for ListenOptions {
@@ -183,6 +187,7 @@ impl Default for ListenOptions {
             max_message: DEFAULT_MAX_LINE,
             tls: None,
             handshake_timeout: Duration::from_secs(10),
+            proxy_sources: Arc::default(),
         }
     }
 }
@@ -193,6 +198,7 @@ impl std::fmt::Debug for ListenOptions {
             .field("max_message", &self.max_message)
             .field("tls", &self.tls.is_some())
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("proxy_sources", &self.proxy_sources)
             .finish()
     }
 }
@@ -254,22 +260,29 @@ impl Listener {
         &self.url
     }
 
-    /// Waits for the next connection that completes its handshake. Failed handshakes are
+    /// Waits for the next connection that completes its handshake, with the client's address
+    /// (the one a PROXY protocol header names, from a balancer). Failed handshakes are
     /// logged at debug level and skipped; this never returns an error, so a server's accept
     /// loop cannot be stopped by a misbehaving client. Cancel-safe.
     pub async fn accept(&mut self) -> (Framed, SocketAddr) {
         loop {
             tokio::select! {
                 r = self.tcp.accept() => match r {
-                    Ok((stream, peer)) => {
+                    Ok((mut stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        let proxy = self.options.proxy_sources.clone();
                         let scheme = self.scheme;
                         let tls = self.tls.clone();
                         let max = self.options.max_message;
                         let timeout = self.options.handshake_timeout;
                         self.pending.spawn(async move {
-                            match tokio::time::timeout(timeout, handshake(stream, scheme, tls, max)).await {
-                                Ok(Ok(framed)) => Some((framed, peer)),
+                            // Behind a balancer, the client's address comes first.
+                            let accepted = async {
+                                let client = proxy.client_address(&mut stream, peer).await?;
+                                Ok::<_, io::Error>((handshake(stream, scheme, tls, max).await?, client))
+                            };
+                            match tokio::time::timeout(timeout, accepted).await {
+                                Ok(Ok(conn)) => Some(conn),
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "handshake failed");
                                     None

@@ -167,12 +167,72 @@ async fn sync_progress_bar(consensus: std::sync::Arc<electrum_gateway::verify::C
     }
 }
 
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM (a service manager's stop) and SIGINT (ctrl-c), installed before the gateway
+/// starts so that neither kills the process at once.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Waits for the next signal and names it.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}
+
+/// Runs until a signal, then drains the gateway within `[listen] drain_secs`; a second
+/// signal during the drain stops it at once (exit status 1).
+async fn run_until_signal(gw: &Gateway, signals: &mut Signals) -> anyhow::Result<()> {
+    let first = signals.recv().await;
+    let grace = electrum_gateway::config::secs(gw.config().listen.drain_secs);
+    tracing::info!(signal = first, "stopping: draining wallet sessions");
+    tokio::select! {
+        drained = gw.drain(grace) => {
+            tracing::info!(
+                sessions_cut = drained.sessions_cut,
+                secs = drained.elapsed.as_secs_f64(),
+                "drained; state saved"
+            );
+            Ok(())
+        }
+        second = signals.recv() => {
+            tracing::warn!(signal = second, "second signal: stopping now");
+            gw.shutdown();
+            anyhow::bail!("stopped by a second {second} before the drain finished")
+        }
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.into_config()?;
+    let mut signals = Signals::new()?;
     let gw = Gateway::start(cfg).await?;
     if let Some(a) = gw.tcp_addr() {
         eprintln!("electrum-gateway listening on tcp://{a}");
@@ -187,9 +247,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("electrum-gateway HTTP on http://{a}/ (status page, /metrics, /health, /admin)");
     }
     tokio::spawn(sync_progress_bar(gw.chain()));
-    wait_for_signal().await;
-    gw.shutdown();
-    Ok(())
+    run_until_signal(&gw, &mut signals).await
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -219,6 +277,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     cfg.listen.tcp = args.listen_tcp;
     cfg.listen.tls = args.listen_tls;
     cfg.listen.http = args.http;
+    let mut signals = Signals::new()?;
     let gw = Gateway::start(cfg).await?;
     println!(
         "Simulated regtest servers (tip at height {}):",
@@ -252,10 +311,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!("Press Ctrl-C to stop.");
-    wait_for_signal().await;
-    gw.shutdown();
+    let stopped = run_until_signal(&gw, &mut signals).await;
     sim.shutdown().await;
-    Ok(())
+    stopped
 }
 
 fn main() -> anyhow::Result<()> {
@@ -273,7 +331,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(args).await,
@@ -290,5 +348,8 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Sim(args)) => electrum_gateway::sim::run(args).await,
             Some(Command::Bench(args)) => electrum_gateway::bench::run(args).await,
         }
-    })
+    });
+    // Tasks still running (an upstream connection being torn down) do not hold up the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

@@ -44,6 +44,7 @@ use crate::config::{listen_addr, Config};
 use crate::listen::{ListenOptions, Listener, TlsIdentity};
 use crate::metrics::{Metrics, Snapshot};
 use crate::protocol::Tip;
+use crate::proxy_protocol::ProxySources;
 use crate::transport::{Scheme, ServerUrl};
 use crate::verify::ChainTracker;
 
@@ -187,10 +188,63 @@ impl Gateway {
         self.http
     }
 
-    /// Stops listeners, sessions and upstream connections.
+    /// Stops listeners, sessions and upstream connections at once, and writes the state one
+    /// last time: the pool's (`upstreams.json`), and headers the header store lacks after a
+    /// failed write.
     pub fn shutdown(&self) {
         self.core.shutdown.cancel();
+        self.core.pool.save();
+        if let Err(e) = self.core.pool.tracker().flush_store() {
+            tracing::error!(error = %e, "writing the header store at shutdown failed");
+        }
     }
+
+    /// True once [`Gateway::drain`] has started.
+    pub fn is_draining(&self) -> bool {
+        self.core.is_draining()
+    }
+
+    /// Wallet sessions open now.
+    pub fn sessions(&self) -> usize {
+        self.core.sessions()
+    }
+
+    /// Stops gracefully: the wallet listeners stop accepting, `/health` answers 503
+    /// (draining) so a balancer takes the gateway out, and each wallet session stops reading,
+    /// writes the answers of the requests it has in flight and closes. Once every session has
+    /// ended, or `grace` has passed, the rest is stopped as by [`Gateway::shutdown`] (which
+    /// saves the state). The HTTP listener serves until then.
+    pub async fn drain(&self, grace: Duration) -> Drained {
+        let start = tokio::time::Instant::now();
+        self.core.drain.cancel();
+        tracing::info!(
+            sessions = self.core.sessions(),
+            grace_secs = grace.as_secs_f64(),
+            "draining: no new wallet connections, closing sessions once their requests are answered"
+        );
+        let finished = self.core.sessions_ended(start + grace).await;
+        let cut = self.core.sessions();
+        if !finished {
+            tracing::warn!(
+                sessions = cut,
+                "drain grace period over; closing the remaining sessions"
+            );
+        }
+        self.shutdown();
+        Drained {
+            sessions_cut: cut,
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+/// How a [`Gateway::drain`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Sessions still open when the grace period ended, closed without waiting further.
+    pub sessions_cut: usize,
+    /// How long the drain took.
+    pub elapsed: Duration,
 }
 
 /// Candidate upstreams: from the configured server list file, or the bundled list.
@@ -218,6 +272,7 @@ async fn spawn_listener(
     let options = ListenOptions {
         max_message: max_line,
         tls,
+        proxy_sources: Arc::new(ProxySources::new(core.cfg.listen.proxy_networks()?)),
         ..ListenOptions::default()
     };
     let mut listener = Listener::bind(&url, options)
@@ -231,6 +286,8 @@ async fn spawn_listener(
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = core.shutdown.cancelled() => return,
+                // Draining: the socket closes here, so a balancer's next try goes elsewhere.
+                _ = core.drain.cancelled() => return,
             };
             let (framed, peer) = accepted;
             if core.sessions() >= max_sessions {

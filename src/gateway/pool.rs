@@ -245,7 +245,9 @@ impl Pool {
             loop {
                 tokio::select! {
                     _ = tick.tick() => pool.save(),
-                    _ = pool.shutdown.cancelled() => { pool.save(); break }
+                    // The last save is the gateway's, once its sessions are gone
+                    // (`Gateway::shutdown`), not a second one racing it from here.
+                    _ = pool.shutdown.cancelled() => break,
                 }
             }
         });

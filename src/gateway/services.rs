@@ -52,6 +52,11 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Cancelled when a drain starts ([`super::Gateway::drain`]): listeners stop accepting,
+    /// sessions close once their requests are answered, `/health` says draining.
+    pub drain: CancellationToken,
+    /// Woken whenever a session ends.
+    session_ended: tokio::sync::Notify,
     next_session: AtomicU64,
     sessions: AtomicI64,
     /// Reads in flight by key, with the identical reads waiting for them.
@@ -162,6 +167,8 @@ impl Core {
             hub,
             metrics,
             shutdown,
+            drain: CancellationToken::new(),
+            session_ended: tokio::sync::Notify::new(),
             next_session: AtomicU64::new(1),
             sessions: AtomicI64::new(0),
             inflight: Mutex::new(HashMap::new()),
@@ -176,6 +183,30 @@ impl Core {
     /// Counts sessions opening (+1) and closing (-1).
     pub fn count_session(&self, delta: i64) {
         self.sessions.fetch_add(delta, Ordering::Relaxed);
+        if delta < 0 {
+            self.session_ended.notify_waiters();
+        }
+    }
+
+    /// True once a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+
+    /// Waits until no wallet session is open, or `deadline` passes; true when none is.
+    pub async fn sessions_ended(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let ended = self.session_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the count is read, so an end between the two is not missed.
+            ended.as_mut().enable();
+            if self.sessions() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return self.sessions() == 0;
+            }
+        }
     }
 
     /// Wallet sessions open now.

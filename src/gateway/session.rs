@@ -108,7 +108,9 @@ fn as_request(m: Message) -> Result<Request, Response> {
     }
 }
 
-/// Serves one wallet connection until it closes, idles out, or the gateway shuts down.
+/// Serves one wallet connection until it closes, idles out, or the gateway shuts down. When the
+/// gateway drains, the session reads no further request, writes the answers of those in
+/// flight (and the notifications that come meanwhile), and closes.
 pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let Framed {
         mut sink,
@@ -151,6 +153,10 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     // answer) then registers no new waiter on the tokens nor a new timer.
     let killed = kill.cancelled();
     tokio::pin!(killed);
+    // A drain: read nothing more, write the answers in flight, then close.
+    let drain_started = core.drain.cancelled();
+    tokio::pin!(drain_started);
+    let mut draining = false;
     // The session is idle when nothing happens on it (no line read, no answer, no
     // notification) for the idle time. Events are not timed one by one (the clock is a
     // system call on some machines): a timer ticks every quarter of the idle time, and
@@ -167,11 +173,17 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let mut dirty = false;
     let mut yielded = false;
     let close_reason: String = loop {
+        if draining && pending == 0 {
+            if flush(&mut sink).await.is_err() {
+                break "write failed".into();
+            }
+            break "gateway draining".into();
+        }
         if event {
             quiet_ticks = 0;
         }
         event = true;
-        let can_read = pending < limits.max_pending_per_session;
+        let can_read = pending < limits.max_pending_per_session && !draining;
         tokio::select! {
             biased;
             _ = &mut killed => break if core.shutdown.is_cancelled() {
@@ -179,6 +191,9 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
             } else {
                 "too slow to take notifications".into()
             },
+            _ = &mut drain_started, if !draining => {
+                draining = true;
+            }
             Some(out) = recv_outgoing(&mut out_rx) => {
                 pending = pending.saturating_sub(out.done);
                 if let Some(line) = out.line {

@@ -122,6 +122,17 @@ impl ChainTracker {
         f(&chain)
     }
 
+    /// Writes the part of the verified chain the header store lacks after a failed write
+    /// (each change is written as it happens; a failed write is otherwise retried only with
+    /// the next change). Nothing to do when the last write succeeded.
+    pub fn flush_store(&self) -> std::io::Result<()> {
+        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        if chain.persist_error().is_none() {
+            return Ok(());
+        }
+        chain.flush()
+    }
+
     /// Reorganisations of the best chain so far.
     pub fn reorgs(&self) -> u64 {
         self.reorgs.load(Ordering::Relaxed)

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod process;
 pub mod programs;
 
 use serde_json::{json, Value};
@@ -40,6 +41,11 @@ impl Wallet {
     /// Connects.
     pub async fn connect(addr: SocketAddr) -> Wallet {
         let s = TcpStream::connect(addr).await.expect("connect to gateway");
+        Wallet::from_stream(s)
+    }
+
+    /// A wallet on a connected stream.
+    pub fn from_stream(s: TcpStream) -> Wallet {
         let (r, w) = s.into_split();
         Wallet {
             reader: BufReader::new(r),

@@ -38,3 +38,22 @@ pub fn program_at(name: &str, path: &Path, install: &str) -> PathBuf {
 fn missing(name: &str, place: &str, install: &str) -> ! {
     panic!("this test needs {name}, which was not found {place}; install it: {install}")
 }
+
+/// HAProxy: on `PATH`, or in `/usr/sbin` where Debian installs it (not on every user's
+/// `PATH`); fails the test when it is in neither.
+#[track_caller]
+pub fn haproxy() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("haproxy"))
+            .find(|p| p.is_file())
+    });
+    match on_path {
+        Some(path) => path,
+        None => program_at(
+            "haproxy",
+            Path::new("/usr/sbin/haproxy"),
+            "apt-get install haproxy",
+        ),
+    }
+}

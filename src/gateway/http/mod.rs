@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text exposition ([`crate::metrics`]) |
-//! | `GET /health` | 200 when at least one connected upstream is at the best tip, else 503; JSON with the reason |
+//! | `GET /health` | 200 when at least one connected upstream is at the best tip and the gateway is not draining, else 503; JSON with the reason |
 //! | `GET /status` | JSON: upstreams, tips, latencies, sessions, subscriptions, recent events |
 //! | `GET /` | the status page (self-contained HTML that refreshes itself from `/status`) |
 //! | `POST /admin` (also `POST /`) | the admin JSON-RPC 2.0 API ([`admin`]) |
@@ -210,7 +210,7 @@ impl HttpService {
                 ctx.metrics.render(&ctx.snapshot()),
             ),
             "/health" => {
-                let (ok, body) = status::health(&ctx.snapshot());
+                let (ok, body) = status::health(&ctx.snapshot(), ctx.is_draining());
                 let code = if ok {
                     StatusCode::OK
                 } else {
@@ -220,7 +220,7 @@ impl HttpService {
             }
             "/status" => json(
                 StatusCode::OK,
-                &status::status(&ctx.snapshot(), ctx.metrics.events()),
+                &status::status(&ctx.snapshot(), ctx.metrics.events(), ctx.is_draining()),
             ),
             "/" | "/index.html" => {
                 let mut r = respond(

@@ -104,12 +104,17 @@ pub fn tip_agreement(snap: &Snapshot) -> Vec<Value> {
         .collect()
 }
 
-/// The health verdict: can the gateway serve wallets now? With the reason when not.
-pub fn health(snap: &Snapshot) -> (bool, Value) {
-    let reason = snap.unhealthy_reason();
+/// The health verdict: can the gateway serve wallets now? With the reason when not. A
+/// draining gateway is not healthy, whatever its upstreams: a balancer must take it out.
+pub fn health(snap: &Snapshot, draining: bool) -> (bool, Value) {
+    let reason = if draining {
+        Some("draining: the gateway is shutting down and takes no new wallets".to_string())
+    } else {
+        snap.unhealthy_reason()
+    };
     let ok = reason.is_none();
     let body = json!({
-        "status": if ok { "ok" } else { "unavailable" },
+        "status": if draining { "draining" } else if ok { "ok" } else { "unavailable" },
         "reason": reason,
         "upstreams": snap.upstreams.len(),
         "upstreams_connected": snap.upstreams.iter().filter(|u| u.connections > 0).count(),
@@ -120,8 +125,8 @@ pub fn health(snap: &Snapshot) -> (bool, Value) {
 }
 
 /// The whole `/status` document.
-pub fn status(snap: &Snapshot, events: Vec<Event>) -> Value {
-    let (healthy, health) = health(snap);
+pub fn status(snap: &Snapshot, events: Vec<Event>, draining: bool) -> Value {
+    let (healthy, health) = health(snap, draining);
     let subs = &snap.subscriptions;
     let c = &snap.counters;
     json!({
