@@ -258,7 +258,7 @@ impl Default for UpstreamConfig {
             servers: Vec::new(),
             server_list: String::new(),
             use_server_list: true,
-            active: 3,
+            active: 6,
             connections_per_upstream: 1,
             proxy: String::new(),
             tls_verify: "pin".into(),
