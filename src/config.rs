@@ -46,13 +46,17 @@ pub enum PrivacyMode {
     /// gateway does for it stays inside that set. A wallet's scripthashes are balanced over
     /// the sets, so each upstream sees about `set / upstreams` of a wallet.
     Spread,
+    /// As `spread`, and each wallet connection talks to the upstreams over connections of its
+    /// own (through its own Tor circuit when a SOCKS5 proxy is set), so no upstream can link
+    /// two wallets by the connection their requests arrive on.
+    Isolated,
 }
 
 /// Privacy settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// `spread` (default) or `off`.
+    /// `spread` (default), `isolated` or `off`.
     pub mode: PrivacyMode,
 }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::isolation::Links;
 use super::pool::Pool;
 use super::privacy::Set;
 use super::router::unavailable;
@@ -59,6 +60,8 @@ pub struct SessionHandle {
     pub tx: mpsc::Sender<SessionEvent>,
     /// Set when the session must be closed.
     pub kill: tokio_util::sync::CancellationToken,
+    /// The session's own upstream connections (`[privacy] mode = "isolated"`).
+    pub links: Option<Arc<Links>>,
 }
 
 struct EntryState {
@@ -96,6 +99,13 @@ fn key_of(sh: &str) -> u64 {
     let mut h = DefaultHasher::new();
     sh.hash(&mut h);
     h.finish()
+}
+
+/// The upstream connections of the first wallet subscribed to an entry, under `[privacy] mode
+/// = "isolated"`: the entry's upstream traffic goes over them.
+fn entry_links(entry: &Entry) -> Option<Arc<Links>> {
+    let st = entry.state.lock().ok()?;
+    st.sessions.first()?.links.clone()
 }
 
 /// True for a status an honest server could send: null or 64 hex characters.
@@ -509,6 +519,17 @@ impl Hub {
     /// [`STALL_STRIKES`] subscriptions in a row is penalised.
     async fn watch(&self, entry: &Entry, up: Arc<Upstream>, client: Client) -> Option<Watcher> {
         let params = vec![Value::String(entry.scripthash.to_string())];
+        // Under `isolated`: on a connection of a wallet that subscribed to it.
+        let client = match entry_links(entry) {
+            Some(links) => match links.client(&up).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(upstream = %up.name(), error = %e, "no isolated connection");
+                    return None;
+                }
+            },
+            None => client,
+        };
         up.note_scripthash(&entry.scripthash);
         let answered_before = up.stats().answered;
         let sub = tokio::time::timeout(
@@ -619,11 +640,20 @@ impl Hub {
         if !entry.set.is_empty() {
             voters.truncate(reach + 1);
         }
+        let links = entry_links(entry);
         let asked = voters
             .into_iter()
             .map(|(up, client)| {
                 let params = params.clone();
+                let links = links.clone();
                 async move {
+                    let client = match links {
+                        Some(links) => match links.client(&up).await {
+                            Ok(c) => c,
+                            Err(e) => return (up, Err(e)),
+                        },
+                        None => client,
+                    };
                     let res = self
                         .pool
                         .ask(
@@ -871,6 +901,7 @@ mod tests {
             id,
             tx,
             kill: CancellationToken::new(),
+            links: None,
         };
         (handle, rx)
     }

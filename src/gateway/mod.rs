@@ -22,6 +22,7 @@ pub(crate) mod candidates;
 pub mod fds;
 pub(crate) mod http;
 pub(crate) mod hub;
+pub(crate) mod isolation;
 pub(crate) mod local;
 pub(crate) mod order;
 pub(crate) mod pool;

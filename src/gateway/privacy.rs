@@ -112,6 +112,11 @@ impl Privacy {
         self.mode != PrivacyMode::Off
     }
 
+    /// True when each wallet connection has upstream connections of its own.
+    pub fn isolated(&self) -> bool {
+        self.mode == PrivacyMode::Isolated
+    }
+
     /// The slots, given as `(slot id, upstream URL)`, in `scripthash`'s keyed order.
     pub fn order<'a>(
         &self,

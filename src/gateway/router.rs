@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::isolation::Links;
 use super::pool::Pool;
 use super::privacy::Set;
 use super::upstream::Upstream;
@@ -87,6 +88,17 @@ fn worth_retrying(e: &ClientError) -> bool {
         }
         _ => true,
     }
+}
+
+/// Where a wallet's read may go: the scripthash's upstream set under `[privacy] mode =
+/// "spread"` (its subscription's; `None`: its default set), and the wallet connection's own
+/// upstream connections under `isolated` (`None`: the pool's).
+#[derive(Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// The scripthash's set.
+    pub set: Option<Set>,
+    /// The wallet connection's own upstream connections.
+    pub links: Option<&'a Arc<Links>>,
 }
 
 /// Upstreams to ask, in order, and how many of them are within reach without need.
@@ -231,24 +243,26 @@ impl Router {
 
     /// Routes one read or broadcast according to the call's policy; the answer alone.
     pub async fn route(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        Ok(self.route_with(call, &NoConfirm, None).await?.raw)
+        Ok(self
+            .route_with(call, &NoConfirm, Scope::default())
+            .await?
+            .raw)
     }
 
     /// Routes one read or broadcast according to the call's policy, every read answer passing
-    /// `confirm` after its check. A scripthash read goes to the scripthash's `set` (its
-    /// subscription's, else its default set) under `[privacy] mode = "spread"`.
+    /// `confirm` after its check, within `scope` (see [`Scope`]).
     pub async fn route_with(
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        set: Option<Set>,
+        scope: Scope<'_>,
     ) -> Result<Routed, RpcError> {
         match call.policy {
-            Policy::Fastest | Policy::Local => self.fastest(call, confirm, set).await,
-            Policy::Quorum => self.quorum(call, confirm, set).await,
-            Policy::Median => self.median(call, confirm).await,
+            Policy::Fastest | Policy::Local => self.fastest(call, confirm, scope).await,
+            Policy::Quorum => self.quorum(call, confirm, scope).await,
+            Policy::Median => self.median(call, confirm, scope).await,
             Policy::Broadcast => {
-                let raw = self.broadcast(call).await?;
+                let raw = self.broadcast(call, scope).await?;
                 Ok(Routed {
                     raw,
                     block: None,
@@ -265,7 +279,16 @@ impl Router {
         (up, client): (Arc<Upstream>, Client),
         call: &Call,
         confirm: &dyn Confirm,
+        links: Option<&Arc<Links>>,
     ) -> (Arc<Upstream>, Result<Answer, ClientError>) {
+        // Under `isolated`: the wallet connection's own connection to this upstream.
+        let client = match links {
+            Some(links) => match links.client(&up).await {
+                Ok(c) => c,
+                Err(e) => return (up, Err(e)),
+            },
+            None => client,
+        };
         let tracker = self.pool.tracker();
         let mut block = None;
         let res = self
@@ -289,9 +312,11 @@ impl Router {
     /// The upstreams that may answer `call`, in the order to ask them, and how many of them
     /// are within reach without need (for a scripthash under `spread`: its set, see
     /// [`Pool::ranked_for_scripthash`]; otherwise all).
-    fn candidates(&self, call: &Call, set: Option<Set>) -> Candidates {
+    fn candidates(&self, call: &Call, scope: Scope<'_>) -> Candidates {
         match &call.args {
-            Args::ScriptHash(sh) => self.pool.ranked_for_scripthash(call.info.tip, sh, set),
+            Args::ScriptHash(sh) => self
+                .pool
+                .ranked_for_scripthash(call.info.tip, sh, scope.set),
             _ => {
                 let ranked = self.pool.ranked_for(call.info.tip);
                 let n = ranked.len();
@@ -303,12 +328,12 @@ impl Router {
     /// [`Router::candidates`]; while there are none, waits for one for up to
     /// [`IN_STEP_PATIENCE`], woken by pool events (a connection, a tip, a standing change),
     /// and at least every quarter second. Empty when none came.
-    async fn candidates_or_wait(&self, call: &Call, set: Option<Set>) -> Candidates {
+    async fn candidates_or_wait(&self, call: &Call, scope: Scope<'_>) -> Candidates {
         let deadline = tokio::time::Instant::now() + IN_STEP_PATIENCE;
         let mut events = self.pool.events();
         let mut waited = false;
         loop {
-            let ranked = self.candidates(call, set);
+            let ranked = self.candidates(call, scope);
             let now = tokio::time::Instant::now();
             if !ranked.0.is_empty() || now >= deadline {
                 return ranked;
@@ -338,16 +363,16 @@ impl Router {
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        set: Option<Set>,
+        scope: Scope<'_>,
     ) -> Result<Routed, RpcError> {
-        let (ranked, reach) = self.candidates_or_wait(call, set).await;
+        let (ranked, reach) = self.candidates_or_wait(call, scope).await;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected and in step"));
         }
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            inflight.push(self.ask(ranked[*next].clone(), call, confirm));
+            inflight.push(self.ask(ranked[*next].clone(), call, confirm, scope.links));
             *next += 1;
         };
         launch(&mut next, &mut inflight);
@@ -473,7 +498,7 @@ impl Router {
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        set: Option<Set>,
+        scope: Scope<'_>,
     ) -> Result<Routed, RpcError> {
         let deadline = tokio::time::Instant::now() + VOTE_PATIENCE;
         let mut events = self.pool.events();
@@ -484,7 +509,7 @@ impl Router {
             // A round never outlasts the vote's patience by more than a hedge.
             let bound =
                 deadline.saturating_duration_since(tokio::time::Instant::now()) + self.hedge_max;
-            let once = tokio::time::timeout(bound, self.quorum_once(call, last, confirm, set))
+            let once = tokio::time::timeout(bound, self.quorum_once(call, last, confirm, scope))
                 .await
                 .unwrap_or_else(|_| {
                     Err(NoMajority(unavailable(
@@ -510,9 +535,9 @@ impl Router {
         call: &Call,
         last: bool,
         confirm: &dyn Confirm,
-        set: Option<Set>,
+        scope: Scope<'_>,
     ) -> Result<Result<Routed, RpcError>, NoMajority> {
-        let (ranked, reach) = self.candidates(call, set);
+        let (ranked, reach) = self.candidates(call, scope);
         if ranked.is_empty() {
             return Err(NoMajority(unavailable(
                 "no upstream is connected and in step",
@@ -528,7 +553,7 @@ impl Router {
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            inflight.push(self.ask(ranked[*next].clone(), call, confirm));
+            inflight.push(self.ask(ranked[*next].clone(), call, confirm, scope.links));
             *next += 1;
         };
         while next < need {
@@ -689,13 +714,18 @@ impl Router {
     /// the honest ones; "no estimate" wins only when most upstreams say so), objects field by
     /// field. Without a consensus an estimate is `-1` ("no estimate") and any other fee figure
     /// an error.
-    pub async fn median(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
+    pub async fn median(
+        &self,
+        call: &Call,
+        confirm: &dyn Confirm,
+        scope: Scope<'_>,
+    ) -> Result<Routed, RpcError> {
         let answers: Vec<_> = self
-            .candidates_or_wait(call, None)
+            .candidates_or_wait(call, scope)
             .await
             .0
             .into_iter()
-            .map(|target| self.ask(target, call, confirm))
+            .map(|target| self.ask(target, call, confirm, scope.links))
             .collect::<FuturesUnordered<_>>()
             .collect()
             .await;
@@ -737,8 +767,12 @@ impl Router {
     /// txid computed here, once at least two of them accepted it (or already had it) and
     /// rejections cannot outnumber acceptances; otherwise the rejection they gave. One
     /// upstream's word is never enough, since anyone can compute a txid.
-    pub async fn broadcast(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        let ranked = self.candidates_or_wait(call, None).await.0;
+    pub async fn broadcast(
+        &self,
+        call: &Call,
+        scope: Scope<'_>,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let ranked = self.candidates_or_wait(call, scope).await.0;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected"));
         }
@@ -749,13 +783,22 @@ impl Router {
             let tx = tx.clone();
             let call = call.clone();
             let pool = self.pool.clone();
+            let links = scope.links.cloned();
             tokio::spawn(async move {
                 let in_step = up.in_step();
-                let res = pool
-                    .ask(&up, &client, call.method(), call.params(), |raw| {
-                        crate::verify::check(pool.tracker(), &call, raw)
-                    })
-                    .await;
+                let client = match &links {
+                    Some(links) => links.client(&up).await,
+                    None => Ok(client),
+                };
+                let res = match client {
+                    Ok(client) => {
+                        pool.ask(&up, &client, call.method(), call.params(), |raw| {
+                            crate::verify::check(pool.tracker(), &call, raw)
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
                 let _ = tx.send((in_step, res)).await;
             });
         }

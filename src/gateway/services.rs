@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::AnswerCache;
 use super::hub::Hub;
+use super::isolation::Links;
 use super::pool::Pool;
 use super::privacy::Set;
+use super::router::Scope;
 use super::router::{Confirm, NoConfirm, Routed, Router};
 use super::upstream::Upstream;
 use crate::client::{Client, ClientError};
@@ -228,19 +230,29 @@ impl Core {
     /// cached when the row allows. The answer is in the upstream form (`id_from_pos` with its
     /// merkle branch).
     pub async fn read(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
+        self.read_for(call, None).await
+    }
+
+    /// [`Core::read`] for a wallet connection: under `[privacy] mode = "isolated"` upstreams
+    /// are asked over its own connections (`links`).
+    pub async fn read_for(
+        &self,
+        call: &Call,
+        links: Option<&Arc<Links>>,
+    ) -> Result<Box<RawValue>, RpcError> {
         let tracker = self.pool.tracker();
         let Some(key) = call.cache_key() else {
-            return Ok(self.fetch_shared(call, None).await?.raw);
+            return Ok(self.fetch_shared(call, None, links).await?.raw);
         };
         if call.info.cache == Cache::Status {
-            return self.read_by_status(call, key).await;
+            return self.read_by_status(call, key, links).await;
         }
         if let Some(hit) = self.cache.get(tracker, &key) {
             self.metrics.cache_hit(call.method());
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
-        let routed = self.fetch_shared(call, Some(&key)).await?;
+        let routed = self.fetch_shared(call, Some(&key), links).await?;
         if !routed.uncorroborated {
             self.cache
                 .put(tracker, call, key, &routed.raw, routed.block);
@@ -252,18 +264,23 @@ impl Core {
     /// watches it, an answer voted at its current status is served again until the status
     /// changes. A history goes in only when it hashes to that status; a balance or unspent
     /// list only when the status stayed the same while it was voted on.
-    async fn read_by_status(&self, call: &Call, key: String) -> Result<Box<RawValue>, RpcError> {
+    async fn read_by_status(
+        &self,
+        call: &Call,
+        key: String,
+        links: Option<&Arc<Links>>,
+    ) -> Result<Box<RawValue>, RpcError> {
         let status = call.scripthash().and_then(|sh| self.hub.status_of(sh));
         let Some(status) = status else {
             // Not watched (or not yet agreed): nothing identifies the answer.
-            return Ok(self.fetch_shared(call, Some(&key)).await?.raw);
+            return Ok(self.fetch_shared(call, Some(&key), links).await?.raw);
         };
         if let Some(hit) = self.cache.get_at_status(&key, &status) {
             self.metrics.cache_hit(call.method());
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
-        let routed = self.fetch_shared(call, Some(&key)).await?;
+        let routed = self.fetch_shared(call, Some(&key), links).await?;
         let fits = match call.info.check {
             Check::History => history_fits(&routed.raw, &status),
             _ => {
@@ -280,9 +297,14 @@ impl Core {
     /// [`Core::fetch`], shared by identical reads in flight: the first one asks the upstreams
     /// (and votes), the others wait for its answer. `key` is the call's cache key when it has
     /// one. Broadcasts are never shared.
-    async fn fetch_shared(&self, call: &Call, key: Option<&str>) -> Result<Routed, RpcError> {
+    async fn fetch_shared(
+        &self,
+        call: &Call,
+        key: Option<&str>,
+        links: Option<&Arc<Links>>,
+    ) -> Result<Routed, RpcError> {
         if call.kind() != Kind::Read {
-            return self.fetch(call).await;
+            return self.fetch(call, links).await;
         }
         let key = match key {
             Some(k) => k.to_string(),
@@ -290,7 +312,7 @@ impl Core {
         };
         let waiting = {
             let Ok(mut inflight) = self.inflight.lock() else {
-                return self.fetch(call).await;
+                return self.fetch(call, links).await;
             };
             match inflight.get_mut(&key) {
                 Some(followers) => {
@@ -314,7 +336,7 @@ impl Core {
                     // The first reader files the answer; a follower does not again.
                     uncorroborated: true,
                 }),
-                Err(_) => self.fetch(call).await,
+                Err(_) => self.fetch(call, links).await,
             };
         }
         let leader = Leader {
@@ -322,7 +344,7 @@ impl Core {
             key,
             finished: false,
         };
-        let res = self.fetch(call).await;
+        let res = self.fetch(call, links).await;
         for tx in leader.finish() {
             let _ = tx.send(res.as_ref().map(|r| r.raw.clone()).map_err(Clone::clone));
         }
@@ -387,20 +409,20 @@ impl Core {
 
     /// Routes a call (an `id_from_pos` answer confirmed by its transaction), and its fallback
     /// when upstreams do not know the method.
-    async fn fetch(&self, call: &Call) -> Result<Routed, RpcError> {
+    async fn fetch(&self, call: &Call, links: Option<&Arc<Links>>) -> Result<Routed, RpcError> {
+        let scope = Scope {
+            set: self.set_of(call),
+            links,
+        };
         let res = match (call.info.check, &call.args) {
             (Check::TxAtPosition, Args::IdFromPos { pos, .. }) => {
                 let confirm = PositionConfirm {
                     core: self,
                     pos: *pos,
                 };
-                self.router.route_with(call, &confirm, None).await
+                self.router.route_with(call, &confirm, scope).await
             }
-            _ => {
-                self.router
-                    .route_with(call, &NoConfirm, self.set_of(call))
-                    .await
-            }
+            _ => self.router.route_with(call, &NoConfirm, scope).await,
         };
         let Some(fallback) = call.info.fallback else {
             return res;
@@ -440,7 +462,7 @@ impl Core {
                 let history = other("blockchain.scripthash.get_history", args)?;
                 let h = self
                     .router
-                    .route_with(&history, &NoConfirm, self.set_of(call))
+                    .route_with(&history, &NoConfirm, scope)
                     .await?
                     .raw;
                 let hist: Vec<Value> = from_raw(&h)?;

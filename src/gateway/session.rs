@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::hub::{SessionEvent, SessionHandle, SessionId, StatusChange};
+use super::isolation::Links;
 use super::local;
 use super::order::{Confirms, ReplyOrder};
 use super::router::unavailable;
@@ -122,6 +123,12 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     // Cancelled by the hub for this session alone, or with the gateway's shutdown: one
     // token for the session loop to wait on.
     let kill = core.shutdown.child_token();
+    // Under `[privacy] mode = "isolated"`: upstream connections of this session's own.
+    let links = core
+        .pool
+        .privacy()
+        .isolated()
+        .then(|| Arc::new(Links::new(core.pool.clone())));
     let shared = Arc::new(Shared {
         id,
         protocol: AtomicU32::new(encode_version(PROTOCOL_MIN)),
@@ -129,6 +136,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
             id,
             tx: ev_tx,
             kill: kill.clone(),
+            links: links.clone(),
         },
         forms: Mutex::new(HashMap::new()),
         load: Mutex::new(HashMap::new()),
@@ -409,6 +417,9 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     core.hub.drop_session(subs, id);
     core.count_session(-1);
     let _ = sink.close().await;
+    if let Some(links) = links {
+        links.close().await;
+    }
 }
 
 /// The sender of finished requests, making the channel on first use.
@@ -603,14 +614,18 @@ async fn dispatch(
             res.and_then(|s| raw(&s))
         }
         Kind::Unsubscribe => unsubscribe(core, shared, &call),
-        Kind::Read | Kind::Broadcast => read(core, &call).await,
+        Kind::Read | Kind::Broadcast => read(core, &call, shared.handle.links.as_ref()).await,
     };
     (result, confirms)
 }
 
 /// A routed read, in the form the wallet asked for.
-async fn read(core: &Core, call: &Call) -> Result<Box<RawValue>, RpcError> {
-    let answer = core.read(call).await?;
+async fn read(
+    core: &Core,
+    call: &Call,
+    links: Option<&Arc<Links>>,
+) -> Result<Box<RawValue>, RpcError> {
+    let answer = core.read_for(call, links).await?;
     match call.args {
         // id_from_pos is always asked with its merkle branch (what proves the txid); a wallet
         // that did not ask for the branch gets the txid alone.

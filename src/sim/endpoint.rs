@@ -39,6 +39,8 @@ pub(crate) struct Endpoint {
     requests: AtomicU64,
     /// Every scripthash any connection asked about (subscribed to or read), ever.
     asked: Mutex<BTreeSet<Sh>>,
+    /// The same, per connection (closed ones included).
+    asked_by_conn: Mutex<HashMap<u64, BTreeSet<Sh>>>,
     view_cache: Mutex<Option<(ViewKey, Arc<View>)>>,
 }
 
@@ -52,6 +54,7 @@ impl Endpoint {
             conns: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             asked: Mutex::new(BTreeSet::new()),
+            asked_by_conn: Mutex::new(HashMap::new()),
             view_cache: Mutex::new(None),
         }
     }
@@ -101,9 +104,18 @@ impl Endpoint {
         all
     }
 
-    /// Records a scripthash a connection asked about.
-    pub fn record_asked(&self, sh: Sh) {
+    /// Records a scripthash connection `conn` asked about.
+    pub fn record_asked(&self, conn: u64, sh: Sh) {
         lock(&self.asked).insert(sh);
+        lock(&self.asked_by_conn)
+            .entry(conn)
+            .or_default()
+            .insert(sh);
+    }
+
+    /// What each connection (closed ones included) asked about.
+    pub fn asked_by_connection(&self) -> Vec<BTreeSet<Sh>> {
+        lock(&self.asked_by_conn).values().cloned().collect()
     }
 
     /// Every scripthash any connection asked about since the endpoint started.
