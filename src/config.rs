@@ -88,6 +88,10 @@ pub struct ListenConfig {
     /// Bearer token the admin API requires; needed to put the HTTP listener on a
     /// non-loopback address.
     pub admin_token: String,
+    /// Browser origins (`scheme://host[:port]`) allowed to open a WebSocket connection;
+    /// `"*"` allows any. A handshake without an `Origin` header (not a browser) is always
+    /// allowed; one with an origin not listed is refused with HTTP 403.
+    pub ws_origins: Vec<String>,
 }
 
 /// Upstream servers and how to reach them.
@@ -142,8 +146,24 @@ pub struct LimitsConfig {
     pub request_timeout_secs: f64,
     /// A session that sends nothing for this long is closed, seconds.
     pub idle_timeout_secs: f64,
-    /// Most wallet sessions at once; further connections are closed at once.
+    /// Most wallet sessions at once, counting connections still in their TLS or WebSocket
+    /// handshake; further connections are closed at once.
     pub max_sessions: usize,
+    /// Most connections (sessions and handshakes) from one client address (IPv6: one /64).
+    pub max_sessions_per_client: usize,
+    /// Cost units a client address earns per second (a plain request costs 1; an answer costs
+    /// one more per [`crate::gateway::limits::BYTES_PER_COST`] bytes). 0: no rate limit.
+    pub client_rate: f64,
+    /// Cost units a client address may spend at once (the token bucket's size).
+    pub client_burst: f64,
+    /// Scripthash subscriptions one client address may hold over all its connections.
+    pub max_subscriptions_per_client: usize,
+    /// Distinct scripthashes the gateway subscribes to upstream, over all wallets.
+    pub max_subscriptions: usize,
+    /// Most requests in one batch; a longer batch gets one error.
+    pub max_batch: usize,
+    /// Over-limit errors in a row after which a connection is closed for abuse.
+    pub abuse_strikes: u32,
 }
 
 /// Routing settings.
@@ -186,6 +206,7 @@ impl Default for ListenConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             admin_token: String::new(),
+            ws_origins: Vec::new(),
         }
     }
 }
@@ -220,6 +241,13 @@ impl Default for LimitsConfig {
             request_timeout_secs: 30.0,
             idle_timeout_secs: 600.0,
             max_sessions: 4096,
+            max_sessions_per_client: 64,
+            client_rate: 200.0,
+            client_burst: 50_000.0,
+            max_subscriptions_per_client: 50_000,
+            max_subscriptions: 100_000,
+            max_batch: 1000,
+            abuse_strikes: 10,
         }
     }
 }
@@ -309,6 +337,38 @@ impl Config {
         }
         if self.limits.max_sessions == 0 {
             anyhow::bail!("limits.max_sessions must be at least 1");
+        }
+        for (name, v) in [
+            (
+                "limits.max_sessions_per_client",
+                self.limits.max_sessions_per_client,
+            ),
+            (
+                "limits.max_subscriptions_per_client",
+                self.limits.max_subscriptions_per_client,
+            ),
+            ("limits.max_subscriptions", self.limits.max_subscriptions),
+            ("limits.max_batch", self.limits.max_batch),
+            ("limits.abuse_strikes", self.limits.abuse_strikes as usize),
+        ] {
+            if v == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        let (rate, burst) = (self.limits.client_rate, self.limits.client_burst);
+        if !(rate.is_finite() && rate >= 0.0) {
+            anyhow::bail!("limits.client_rate = {rate}: must be 0 (off) or a positive number");
+        }
+        if rate > 0.0 && !(burst.is_finite() && burst >= 1.0) {
+            anyhow::bail!("limits.client_burst = {burst}: must be at least 1");
+        }
+        for origin in &self.listen.ws_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                anyhow::bail!(
+                    "listen.ws_origins: {origin:?} is not an origin (http://host[:port], \
+                     https://host[:port] or \"*\")"
+                );
+            }
         }
         let positive = [
             (

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::AnswerCache;
 use super::hub::Hub;
+use super::limits::{ClientLimits, Clients, Connections};
 use super::pool::Pool;
 use super::router::{Confirm, NoConfirm, Routed, Router};
 use super::upstream::Upstream;
@@ -51,6 +52,10 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Wallet connections open or in their handshake (at most `max_sessions`).
+    pub connections: Arc<Connections>,
+    /// Per-client connections, token buckets and subscription counts.
+    pub clients: Arc<Clients>,
     next_session: AtomicU64,
     sessions: AtomicI64,
     /// Reads in flight by key, with the identical reads waiting for them.
@@ -147,8 +152,19 @@ impl Core {
             pool.clone(),
             crate::config::secs(cfg.limits.request_timeout_secs),
             cfg.verify.statuses,
+            cfg.limits.max_subscriptions,
         );
+        let limits = &cfg.limits;
+        let clients = Clients::new(ClientLimits {
+            max_sessions: limits.max_sessions_per_client,
+            rate: limits.client_rate,
+            burst: limits.client_burst,
+            max_subscriptions: limits.max_subscriptions_per_client,
+        });
+        let connections = Connections::new(limits.max_sessions);
         Core {
+            connections,
+            clients,
             network: pool.network(),
             cache: AnswerCache::new(
                 cfg.verify.cache_entries,
