@@ -84,7 +84,7 @@ fn code(m: &Value) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_matrix() {
     let net = Net::start_with(&["127.0.0.1:0", "127.0.0.1:0"], |c| {
-        c.limits.idle_timeout_secs = 2.0;
+        c.limits.idle_timeout_secs = 3.0;
         c.limits.max_subscriptions_per_client = 200;
         c.limits.abuse_strikes = 5;
         c.limits.max_sessions = 40;
@@ -100,7 +100,7 @@ async fn bad_input_matrix() {
     good.call("blockchain.headers.subscribe", json!([])).await;
     still_served(&mut good, "setup").await;
     let peak_before = status_kib("VmHWM:");
-    let quiet = Duration::from_secs(2);
+    let quiet = Duration::from_secs(1);
 
     // Malformed JSON: a parse error, and the connection goes on.
     let mut s = TcpStream::connect(addr).await.unwrap();
