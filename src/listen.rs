@@ -357,6 +357,8 @@ impl Listener {
 }
 
 /// The WebSocket handshake callback: refuses a browser origin not allowed with HTTP 403.
+// The callback's error type is tungstenite's HTTP response, as its `Callback` trait requires.
+#[allow(clippy::result_large_err)]
 fn check_origin(
     origins: Arc<Vec<String>>,
 ) -> impl FnOnce(
