@@ -183,6 +183,12 @@ start_gateway() { # NAME PORT POLICY BACKEND_PORT... ; POLICY fastest, quorum or
     echo "reconnect_initial_secs = 0.2"
     echo "[limits]"
     echo "max_sessions = $MAX_SESSIONS"
+    # Every simulated wallet connects from 127.0.0.1: one client as far as the per-client
+    # limits go, so they are lifted to the gateway-wide ones and the rate limit is off.
+    echo "max_sessions_per_client = $MAX_SESSIONS"
+    echo "client_rate = 0.0"
+    echo "max_subscriptions_per_client = 100000000"
+    echo "max_subscriptions = 100000000"
     # `fastest`: every read to the best upstream (the defaults vote on scripthash reads);
     # `quorum`: every upstream read asks all three upstreams. Headers are served from the
     # gateway's verified chain either way.

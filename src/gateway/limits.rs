@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -216,6 +216,7 @@ impl Clients {
             clients: self.clone(),
             client,
             key,
+            open: AtomicBool::new(true),
         })
     }
 
@@ -237,9 +238,29 @@ pub struct ClientTicket {
     clients: Arc<Clients>,
     client: Arc<Client>,
     key: ClientKey,
+    /// Still counted as one of the client's connections.
+    open: AtomicBool,
 }
 
 impl ClientTicket {
+    /// Stops counting this connection against the client (when the connection closes, while
+    /// request tasks holding the ticket may still finish). Also done on drop.
+    pub fn close(&self) {
+        if !self.open.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let now = Instant::now();
+        let mut table = self
+            .clients
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.client.sessions.fetch_sub(1, Ordering::AcqRel);
+        if self.client.forgettable(&self.clients.limits, now) {
+            table.clients.remove(&self.key);
+        }
+    }
+
     /// Takes `cost` units from the client's bucket if it holds that many; false (nothing
     /// taken) when it does not. Always true when there is no rate limit.
     pub fn try_spend(&self, cost: f64) -> bool {
@@ -295,16 +316,7 @@ impl ClientTicket {
 
 impl Drop for ClientTicket {
     fn drop(&mut self) {
-        let now = Instant::now();
-        let mut table = self
-            .clients
-            .table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.client.sessions.fetch_sub(1, Ordering::AcqRel);
-        if self.client.forgettable(&self.clients.limits, now) {
-            table.clients.remove(&self.key);
-        }
+        self.close();
     }
 }
 
@@ -348,7 +360,12 @@ mod tests {
         assert_eq!(clients.admit(p).unwrap_err(), TooManyConnections(2));
         let _other = clients.admit(q).unwrap();
         drop(a);
-        let _c = clients.admit(p).unwrap();
+        let c = clients.admit(p).unwrap();
+        // Closed, then dropped: counted off once.
+        c.close();
+        drop(c);
+        let _d = clients.admit(p).unwrap();
+        assert!(clients.admit(p).is_err());
     }
 
     #[test]

@@ -472,6 +472,8 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
         .map(|f| f.keys().cloned().collect())
         .unwrap_or_default();
     shared.client.unsubscribed(subs.len());
+    // The connection no longer counts for its client, though request tasks may still run.
+    shared.client.close();
     core.hub.drop_session(subs, id);
     core.count_session(-1);
     let _ = sink.close().await;
