@@ -478,6 +478,18 @@ mod tests {
             d.upstreams.allow_same_subnet
         );
         assert_eq!(cfg.limits.max_line_bytes, d.limits.max_line_bytes);
+        let (l, dl) = (&cfg.limits, &d.limits);
+        assert_eq!(l.max_sessions_per_client, dl.max_sessions_per_client);
+        assert_eq!(l.client_rate, dl.client_rate);
+        assert_eq!(l.client_burst, dl.client_burst);
+        assert_eq!(
+            l.max_subscriptions_per_client,
+            dl.max_subscriptions_per_client
+        );
+        assert_eq!(l.max_subscriptions, dl.max_subscriptions);
+        assert_eq!(l.max_batch, dl.max_batch);
+        assert_eq!(l.abuse_strikes, dl.abuse_strikes);
+        assert_eq!(cfg.listen.ws_origins, d.listen.ws_origins);
     }
 
     #[test]
@@ -495,6 +507,14 @@ mod tests {
             "[routing]\nquorum = 0",
             "[limits]\nrequest_timeout_secs = 0",
             "[limits]\nmax_sessions = 0",
+            "[limits]\nmax_sessions_per_client = 0",
+            "[limits]\nmax_subscriptions_per_client = 0",
+            "[limits]\nmax_subscriptions = 0",
+            "[limits]\nmax_batch = 0",
+            "[limits]\nabuse_strikes = 0",
+            "[limits]\nclient_rate = -1.0",
+            "[limits]\nclient_burst = 0.5",
+            "[listen]\nws_origins = [\"evil.example\"]",
             "[upstreams]\nreconnect_initial_secs = 0",
             "[upstreams]\nrequest_timeout_secs = -1",
             "[upstreams]\nreconnect_initial_secs = 10\nreconnect_max_secs = 1",
