@@ -162,6 +162,8 @@ pub struct LimitsConfig {
     pub max_subscriptions: usize,
     /// Most requests in one batch; a longer batch gets one error.
     pub max_batch: usize,
+    /// Most bytes of answers one batch collects; reads answered past it get an error instead.
+    pub max_batch_answer_bytes: usize,
     /// Over-limit errors in a row after which a connection is closed for abuse.
     pub abuse_strikes: u32,
 }
@@ -247,6 +249,7 @@ impl Default for LimitsConfig {
             max_subscriptions_per_client: 50_000,
             max_subscriptions: 100_000,
             max_batch: 1000,
+            max_batch_answer_bytes: 16_000_000,
             abuse_strikes: 10,
         }
     }
@@ -349,6 +352,10 @@ impl Config {
             ),
             ("limits.max_subscriptions", self.limits.max_subscriptions),
             ("limits.max_batch", self.limits.max_batch),
+            (
+                "limits.max_batch_answer_bytes",
+                self.limits.max_batch_answer_bytes,
+            ),
             ("limits.abuse_strikes", self.limits.abuse_strikes as usize),
         ] {
             if v == 0 {
@@ -488,6 +495,7 @@ mod tests {
         );
         assert_eq!(l.max_subscriptions, dl.max_subscriptions);
         assert_eq!(l.max_batch, dl.max_batch);
+        assert_eq!(l.max_batch_answer_bytes, dl.max_batch_answer_bytes);
         assert_eq!(l.abuse_strikes, dl.abuse_strikes);
         assert_eq!(cfg.listen.ws_origins, d.listen.ws_origins);
     }
@@ -511,6 +519,7 @@ mod tests {
             "[limits]\nmax_subscriptions_per_client = 0",
             "[limits]\nmax_subscriptions = 0",
             "[limits]\nmax_batch = 0",
+            "[limits]\nmax_batch_answer_bytes = 0",
             "[limits]\nabuse_strikes = 0",
             "[limits]\nclient_rate = -1.0",
             "[limits]\nclient_burst = 0.5",

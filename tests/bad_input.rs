@@ -88,6 +88,7 @@ async fn bad_input_matrix() {
         c.limits.max_subscriptions_per_client = 200;
         c.limits.abuse_strikes = 5;
         c.limits.max_sessions = 40;
+        c.limits.max_batch_answer_bytes = 2_000_000;
         c.listen.tls = "127.0.0.1:0".into();
         c.listen.ws = "127.0.0.1:0".into();
     })
@@ -172,6 +173,24 @@ async fn bad_input_matrix() {
     let answers = w.read_message().await.unwrap();
     assert_eq!(answers.as_array().map(Vec::len), Some(1000));
     still_served(&mut good, "batch of 1000 reads").await;
+
+    // A small batch of large reads: 1,000 x 48 kB of headers would be 48 MB held for one
+    // line; the answer stops at max_batch_answer_bytes (2 MB here).
+    let mut w = Wallet::connect(addr).await;
+    let items: Vec<Value> = (0..1000u32)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "blockchain.block.headers", "params": [0, 300]}))
+        .collect();
+    w.send_line(&Value::Array(items).to_string()).await;
+    let answers = w.read_message().await.unwrap();
+    let answers = answers.as_array().expect("a batch answer");
+    assert_eq!(answers.len(), 1000);
+    let refused = answers
+        .iter()
+        .filter(|a| a["error"]["code"] == json!(-101))
+        .count();
+    assert!(refused >= 950, "answers past 2 MB refused: {refused}");
+    drop(w);
+    still_served(&mut good, "batch of large reads").await;
 
     // A subscription flood: past the client's limit, errors, then the close for abuse.
     let mut s = TcpStream::connect(addr).await.unwrap();

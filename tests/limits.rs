@@ -297,6 +297,46 @@ async fn a_batch_over_max_batch_gets_one_error() {
 }
 
 #[tokio::test]
+async fn a_batch_answer_is_bounded_in_bytes() {
+    // Each answer is about 48 kB: two fit in 100,000 bytes.
+    let net = Net::start_with(&["127.0.0.1:0"], |c| {
+        c.limits.max_batch_answer_bytes = 100_000
+    })
+    .await;
+    let mut w = net.wallet().await;
+    let mut items: Vec<Value> = (0..5)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "blockchain.block.headers", "params": [0, 300]}))
+        .collect();
+    items.push(json!({"jsonrpc": "2.0", "id": 99, "method": "server.ping"}));
+    w.send_line(&Value::Array(items).to_string()).await;
+    let answers = w.read_message().await.unwrap();
+    let answers = answers.as_array().expect("a batch answer");
+    assert_eq!(answers.len(), 6, "every item answered");
+    let served = answers
+        .iter()
+        .filter(|a| a["result"]["count"] == 300)
+        .count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a.get("error").is_some())
+        .collect();
+    assert_eq!(served, 2, "answers served within the bound");
+    assert_eq!(refused.len(), 3);
+    for r in refused {
+        assert_eq!(r["error"]["code"], -101);
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("batch answer too large"));
+    }
+    assert!(answers
+        .iter()
+        .any(|a| a["id"] == 99 && a["result"].is_null()));
+    assert_eq!(rejections(&net, "batch_answer"), 1);
+    w.call("server.ping", json!([])).await;
+}
+
+#[tokio::test]
 async fn idle_timeout_counts_only_what_the_wallet_sends() {
     let net = Net::start_with(&["127.0.0.1:0"], |c| c.limits.idle_timeout_secs = 1.0).await;
     let mut idle = net.wallet().await;

@@ -423,25 +423,58 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         let shared = shared.clone();
                         let out_tx = outgoing(&mut out_tx, &mut out_rx, out_capacity);
                         // At most `max_pending_per_session` items of a batch run at once; each
-                        // answer is serialized as it comes, in order.
+                        // answer is serialized as it comes, in order. Once the batch's answer
+                        // holds `max_batch_answer_bytes`, the reads after it are answered with
+                        // an error instead of their (dropped) answers.
                         let width = limits.max_pending_per_session;
+                        let max_bytes = limits.max_batch_answer_bytes;
                         tokio::spawn(async move {
                             let mut answers = futures::stream::iter(remote.into_iter().map(|read| {
                                 let core = core.clone();
                                 let shared = shared.clone();
                                 async move {
-                                    let has_id = read.id.is_some();
+                                    let id = read.id.clone();
+                                    // Reads and local answers may be dropped; a subscription's or a broadcast's
+                                    // answer never is (the wallet must learn what took effect).
+                                    let droppable = read.call.as_ref().is_ok_and(|c| matches!(c.kind(), Kind::Read | Kind::Local));
                                     let (resp, c) = handle(core, shared, read).await;
-                                    (has_id.then(|| resp.to_json()), c)
+                                    let line = id.is_some().then(|| resp.to_json());
+                                    (id, droppable, line, c)
                                 }
                             }))
                             .buffered(width);
-                            let mut confirms = Confirms::default();
-                            while let Some((line, c)) = answers.next().await {
-                                lines.extend(line);
-                                confirms.merge(c);
+                            // The batch's answer line is built as answers come, not joined at
+                            // the end (which would hold every answer twice).
+                            let mut out = String::new();
+                            for line in lines {
+                                push_batch_item(&mut out, &line);
                             }
-                            let line = (!lines.is_empty()).then(|| crate::protocol::batch_to_json(lines));
+                            let mut confirms = Confirms::default();
+                            let mut bytes = 0usize;
+                            let mut dropped = false;
+                            while let Some((id, droppable, line, c)) = answers.next().await {
+                                confirms.merge(c);
+                                let Some(line) = line else { continue };
+                                if droppable && bytes.saturating_add(line.len()) > max_bytes {
+                                    dropped = true;
+                                    let id = id.unwrap_or(Id::Null);
+                                    let err = over_limit(format!(
+                                        "batch answer too large: at most {max_bytes} bytes; ask for less in one batch"
+                                    ));
+                                    push_batch_item(&mut out, &Response::err(id, err).to_json());
+                                    continue;
+                                }
+                                bytes += line.len();
+                                push_batch_item(&mut out, &line);
+                            }
+                            if dropped {
+                                core.metrics.limit_rejected("batch_answer");
+                                shared.strike();
+                            }
+                            let line = (!out.is_empty()).then(|| {
+                                out.push(']');
+                                out
+                            });
                             let confirms = boxed(confirms);
                             let _ = out_tx.send(Outgoing { line, confirms, done: n }).await;
                         });
@@ -499,6 +532,12 @@ async fn recv_outgoing(rx: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outg
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Appends one serialized message to a batch line being built (`[` before the first).
+fn push_batch_item(out: &mut String, item: &str) {
+    out.push(if out.is_empty() { '[' } else { ',' });
+    out.push_str(item);
 }
 
 fn boxed(confirms: Confirms) -> Option<Box<Confirms>> {

@@ -115,13 +115,14 @@ pub struct Metrics {
 }
 
 /// The `limit` label values of `limit_rejections_total`.
-pub const LIMITS: [&str; 6] = [
+pub const LIMITS: [&str; 7] = [
     "sessions",
     "connections",
     "rate",
     "subscriptions",
     "subscriptions_global",
     "batch",
+    "batch_answer",
 ];
 
 fn name(s: &str) -> String {
@@ -341,7 +342,7 @@ impl Metrics {
                 "limit_rejections_total",
                 "Wallet connections or requests refused by a limit, by limit: sessions (the \
                  gateway's), connections (one client's), rate, subscriptions (one client's or \
-                 connection's), subscriptions_global, batch.",
+                 connection's), subscriptions_global, batch, batch_answer.",
                 &["limit"],
             ),
             abuse_disconnects: b.counter(
