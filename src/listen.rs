@@ -175,6 +175,10 @@ pub type Permit = Box<dyn std::any::Any + Send + Sync>;
 /// [`Permit`] to hold while it lives, or None to close it at once.
 pub type Admission = Arc<dyn Fn(SocketAddr) -> Option<Permit> + Send + Sync>;
 
+/// Told why the listener refused a connection: `"handshakes"` (more than `max_handshakes`
+/// in progress) or `"origin"` (a WebSocket origin not allowed).
+pub type OnRefused = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// How a [`Listener`] treats its connections.
 #[derive(Clone)]
 pub struct ListenOptions {
@@ -193,6 +197,8 @@ pub struct ListenOptions {
     /// carries an `Origin` header not listed is refused with HTTP 403; one without an
     /// `Origin` header (not a browser) is allowed.
     pub ws_origins: Arc<Vec<String>>,
+    /// Called for each connection the listener refuses itself (for counting).
+    pub on_refused: Option<OnRefused>,
 }
 
 impl Default for ListenOptions {
@@ -204,6 +210,7 @@ impl Default for ListenOptions {
             max_handshakes: 1024,
             admission: None,
             ws_origins: Arc::new(Vec::new()),
+            on_refused: None,
         }
     }
 }
@@ -230,6 +237,7 @@ impl std::fmt::Debug for ListenOptions {
             .field("max_handshakes", &self.max_handshakes)
             .field("admission", &self.admission.is_some())
             .field("ws_origins", &self.ws_origins)
+            .field("on_refused", &self.on_refused.is_some())
             .finish()
     }
 }
@@ -309,6 +317,9 @@ impl Listener {
                     Ok((stream, peer)) => {
                         if self.pending.len() >= self.options.max_handshakes {
                             tracing::debug!(%peer, "too many handshakes in progress; closing");
+                            if let Some(refused) = &self.options.on_refused {
+                                refused("handshakes");
+                            }
                             continue;
                         }
                         let permit = match &self.options.admission {
@@ -323,9 +334,10 @@ impl Listener {
                         let tls = self.tls.clone();
                         let max = self.options.max_message;
                         let origins = self.options.ws_origins.clone();
+                        let refused = self.options.on_refused.clone();
                         let timeout = self.options.handshake_timeout;
                         self.pending.spawn(async move {
-                            let shake = handshake(stream, scheme, tls, max, origins);
+                            let shake = handshake(stream, scheme, tls, max, origins, refused);
                             match tokio::time::timeout(timeout, shake).await {
                                 Ok(Ok(framed)) => Some((framed, peer, permit)),
                                 Ok(Err(e)) => {
@@ -361,6 +373,7 @@ impl Listener {
 #[allow(clippy::result_large_err)]
 fn check_origin(
     origins: Arc<Vec<String>>,
+    refused: Option<OnRefused>,
 ) -> impl FnOnce(
     &tokio_tungstenite::tungstenite::handshake::server::Request,
     tokio_tungstenite::tungstenite::handshake::server::Response,
@@ -377,6 +390,9 @@ fn check_origin(
             return Ok(resp);
         }
         tracing::debug!(origin = ?origin, "WebSocket origin not allowed");
+        if let Some(refused) = &refused {
+            refused("origin");
+        }
         let mut refusal = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
             Some("origin not allowed; see [listen] ws_origins".to_string()),
         );
@@ -391,6 +407,7 @@ async fn handshake(
     tls: Option<TlsAcceptor>,
     max: usize,
     origins: Arc<Vec<String>>,
+    refused: Option<OnRefused>,
 ) -> io::Result<Framed> {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     let ws_config = || {
@@ -408,7 +425,7 @@ async fn handshake(
         (Scheme::Ws, _) => {
             let ws = tokio_tungstenite::accept_hdr_async_with_config(
                 stream,
-                check_origin(origins),
+                check_origin(origins, refused),
                 ws_config(),
             )
             .await
@@ -420,7 +437,7 @@ async fn handshake(
             let tls = acceptor.accept(stream).await?;
             let ws = tokio_tungstenite::accept_hdr_async_with_config(
                 tls,
-                check_origin(origins),
+                check_origin(origins, refused),
                 ws_config(),
             )
             .await

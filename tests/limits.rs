@@ -390,6 +390,7 @@ async fn websocket_origin_is_checked_against_the_allow_list() {
         }
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
+    assert_eq!(rejections(&net, "origin"), 1);
     // The allowed origin, and a program that sends no Origin, are served.
     for origin in [Some("https://wallet.example"), None] {
         let (mut s, _) = open(origin).await.unwrap();

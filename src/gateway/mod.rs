@@ -229,7 +229,10 @@ async fn spawn_listener(
         }
         permit.map(|p| Box::new(p) as crate::listen::Permit)
     });
+    let metrics = core.metrics.clone();
+    let on_refused: crate::listen::OnRefused = Arc::new(move |why| metrics.limit_rejected(why));
     let options = ListenOptions {
+        on_refused: Some(on_refused),
         max_message: max_line,
         tls,
         max_handshakes: core.cfg.limits.max_sessions,

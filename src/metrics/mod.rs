@@ -115,8 +115,10 @@ pub struct Metrics {
 }
 
 /// The `limit` label values of `limit_rejections_total`.
-pub const LIMITS: [&str; 7] = [
+pub const LIMITS: [&str; 9] = [
     "sessions",
+    "handshakes",
+    "origin",
     "connections",
     "rate",
     "subscriptions",
@@ -341,7 +343,8 @@ impl Metrics {
             limit_rejections: b.counter_vec(
                 "limit_rejections_total",
                 "Wallet connections or requests refused by a limit, by limit: sessions (the \
-                 gateway's), connections (one client's), rate, subscriptions (one client's or \
+                 gateway's), handshakes (in progress on a listener), origin (a WebSocket \
+                 origin not allowed), connections (one client's), rate, subscriptions (one client's or \
                  connection's), subscriptions_global, batch, batch_answer.",
                 &["limit"],
             ),
