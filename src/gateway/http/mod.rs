@@ -49,8 +49,9 @@ const MAX_CONNECTIONS: usize = 256;
 /// lock out `/health` and `/metrics`.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest a connection may go with no byte read or written while a request is under way
-/// (a request body trickled, an answer not read).
+/// A connection with no byte read or written over a whole period of this length (a request
+/// body trickled, an answer not read) is closed; checked once a period, so it goes after one
+/// to two periods.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Largest admin request body.
