@@ -187,6 +187,12 @@ start_gateway() { # NAME PORT POLICY BACKEND_PORT... ; POLICY fastest, quorum or
     echo "reconnect_initial_secs = 0.2"
     echo "[limits]"
     echo "max_sessions = $MAX_SESSIONS"
+    # Every simulated wallet connects from 127.0.0.1: one client as far as the per-client
+    # limits go, so they are lifted to the gateway-wide ones and the rate limit is off.
+    echo "max_sessions_per_client = $MAX_SESSIONS"
+    echo "client_rate = 0.0"
+    echo "max_subscriptions_per_client = 100000000"
+    echo "max_subscriptions = 100000000"
     if [ -n "${GW_PRIVACY:-}" ]; then
       echo "[privacy]"
       echo "mode = \"$GW_PRIVACY\""

@@ -122,6 +122,9 @@ impl Exposure {
 async fn run(mode: PrivacyMode) -> (Net, Exposure) {
     let net = Net::start_with(&["127.0.0.1:0"; UPSTREAMS], |cfg| {
         cfg.privacy.mode = mode;
+        // Every wallet connects from 127.0.0.1: one client for the per-client limits.
+        cfg.limits.max_sessions_per_client = 1000;
+        cfg.limits.client_rate = 0.0;
     })
     .await;
     net.wait_in_step(UPSTREAMS).await;
@@ -252,6 +255,8 @@ async fn under_isolated_no_upstream_connection_carries_two_wallets() {
     let net = Net::start_with(&["127.0.0.1:0"; UPSTREAMS], |cfg| {
         cfg.privacy.mode = PrivacyMode::Isolated;
         cfg.upstreams.proxy = format!("socks5://{proxy}");
+        cfg.limits.max_sessions_per_client = 1000;
+        cfg.limits.client_rate = 0.0;
     })
     .await;
     net.wait_in_step(UPSTREAMS).await;

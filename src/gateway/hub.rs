@@ -27,6 +27,7 @@ use super::router::unavailable;
 use super::upstream::Upstream;
 use crate::chain::{parse_history, status_hash};
 use crate::client::{Client, ClientError, Subscription};
+use crate::protocol::error::SERVER_BUSY;
 use crate::protocol::RpcError;
 use crate::verify::{check_history_status, Reason, Verdict};
 
@@ -93,6 +94,8 @@ pub struct Hub {
     pub notifications: AtomicU64,
     subscribe_timeout: Duration,
     verify_statuses: bool,
+    /// Most distinct scripthashes subscribed at once (`[limits] max_subscriptions`).
+    max_scripthashes: usize,
 }
 
 fn key_of(sh: &str) -> u64 {
@@ -120,7 +123,12 @@ fn valid_status(v: &Value) -> bool {
 impl Hub {
     /// A hub over a pool. `subscribe_timeout` bounds how long a first subscriber waits for
     /// the initial status.
-    pub fn new(pool: Arc<Pool>, subscribe_timeout: Duration, verify_statuses: bool) -> Arc<Hub> {
+    pub fn new(
+        pool: Arc<Pool>,
+        subscribe_timeout: Duration,
+        verify_statuses: bool,
+        max_scripthashes: usize,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             pool,
             entries: Mutex::new(HashMap::new()),
@@ -129,6 +137,7 @@ impl Hub {
             notifications: AtomicU64::new(0),
             subscribe_timeout,
             verify_statuses,
+            max_scripthashes,
         })
     }
 
@@ -167,9 +176,11 @@ impl Hub {
     }
 
     /// Subscribes a session to a scripthash and returns the current status. Later changes
-    /// arrive as [`SessionEvent::Status`] on the session's mailbox. `load` counts, per
-    /// upstream slot, the session's scripthashes whose sets hold it: a new entry's set is
-    /// balanced by it ([`super::privacy::Privacy::balanced_set`]), and it counts this one.
+    /// arrive as [`SessionEvent::Status`] on the session's mailbox. A scripthash no session
+    /// holds yet is refused with error -102 when `max_scripthashes` are subscribed. `load`
+    /// counts, per upstream slot, the session's scripthashes whose sets hold it: a new entry's
+    /// set is balanced by it ([`super::privacy::Privacy::balanced_set`]), and it counts this
+    /// one.
     pub async fn subscribe(
         self: &Arc<Self>,
         scripthash: &str,
@@ -218,6 +229,12 @@ impl Hub {
         };
         let entry = match entries.get(scripthash) {
             Some(e) => e.clone(),
+            None if entries.len() >= self.max_scripthashes => {
+                return Err(RpcError::new(
+                    SERVER_BUSY,
+                    "the gateway holds as many subscriptions as its upstreams allow; try later",
+                ));
+            }
             None => {
                 let sh: Arc<str> = Arc::from(scripthash);
                 let privacy = self.pool.privacy();
@@ -892,7 +909,7 @@ mod tests {
             CancellationToken::new(),
         )
         .unwrap();
-        Hub::new(pool, Duration::from_millis(10), true)
+        Hub::new(pool, Duration::from_millis(10), true, usize::MAX)
     }
 
     fn session(id: SessionId, room: usize) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {

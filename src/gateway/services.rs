@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::AnswerCache;
 use super::hub::Hub;
 use super::isolation::Links;
+use super::limits::{ClientLimits, Clients, Connections};
 use super::pool::Pool;
 use super::privacy::Set;
 use super::router::Scope;
@@ -59,6 +60,10 @@ pub struct Core {
     pub drain: CancellationToken,
     /// Woken whenever a session ends.
     session_ended: tokio::sync::Notify,
+    /// Wallet connections open or in their handshake (at most `max_sessions`).
+    pub connections: Arc<Connections>,
+    /// Per-client connections, token buckets and subscription counts.
+    pub clients: Arc<Clients>,
     next_session: AtomicU64,
     sessions: AtomicI64,
     /// Reads in flight by key, with the identical reads waiting for them.
@@ -155,8 +160,19 @@ impl Core {
             pool.clone(),
             crate::config::secs(cfg.limits.request_timeout_secs),
             cfg.verify.statuses,
+            cfg.limits.max_subscriptions,
         );
+        let limits = &cfg.limits;
+        let clients = Clients::new(ClientLimits {
+            max_sessions: limits.max_sessions_per_client,
+            rate: limits.client_rate,
+            burst: limits.client_burst,
+            max_subscriptions: limits.max_subscriptions_per_client,
+        });
+        let connections = Connections::new(limits.max_sessions);
         Core {
+            connections,
+            clients,
             network: pool.network(),
             cache: AnswerCache::new(
                 cfg.verify.cache_entries,
