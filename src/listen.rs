@@ -12,7 +12,7 @@
 use anyhow::Context as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,8 +177,61 @@ pub type Permit = Box<dyn std::any::Any + Send + Sync>;
 pub type Admission = Arc<dyn Fn(SocketAddr) -> Option<Permit> + Send + Sync>;
 
 /// Told why the listener refused a connection: `"handshakes"` (more than `max_handshakes`
-/// in progress) or `"origin"` (a WebSocket origin not allowed).
+/// in progress), `"handshakes_per_client"` (more than `max_handshakes_per_client` of one
+/// client's) or `"origin"` (a WebSocket origin not allowed).
 pub type OnRefused = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// Who a limit applies to: an IPv4 address, or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    /// The key of a peer address (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn of(peer: SocketAddr) -> ClientKey {
+        match peer.ip() {
+            IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey(IpAddr::V4(v4)),
+                None => {
+                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                    ClientKey(IpAddr::V6(bits.into()))
+                }
+            },
+        }
+    }
+}
+
+/// Handshakes in progress per client at one listener, and the guard that counts one.
+#[derive(Default)]
+struct Shaking(std::sync::Mutex<std::collections::HashMap<ClientKey, usize>>);
+
+struct ShakeGuard(Arc<Shaking>, ClientKey);
+
+impl Shaking {
+    /// Counts a handshake of `key`'s, unless it has `max` in progress already.
+    fn try_start(self: &Arc<Self>, key: ClientKey, max: usize) -> Option<ShakeGuard> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ShakeGuard(self.clone(), key))
+    }
+}
+
+impl Drop for ShakeGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0 .0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+}
 
 /// How a [`Listener`] treats its connections.
 #[derive(Clone)]
@@ -195,6 +248,11 @@ pub struct ListenOptions {
     /// Most handshakes in progress at once on this listener; a connection beyond it is
     /// closed at once.
     pub max_handshakes: usize,
+    /// Most handshakes in progress at once from one client ([`ClientKey`]) that connects
+    /// directly; a connection beyond it is closed at once, so that one client cannot hold
+    /// every handshake place. A balancer's connections (PROXY protocol sources) carry many
+    /// clients and are not counted here.
+    pub max_handshakes_per_client: usize,
     /// Asked at TCP accept; None admits every connection (up to `max_handshakes`).
     pub admission: Option<Admission>,
     /// Browser origins allowed to open a WebSocket (`"*"`: any). A WebSocket handshake that
@@ -213,6 +271,7 @@ impl Default for ListenOptions {
             handshake_timeout: Duration::from_secs(10),
             proxy_sources: Arc::default(),
             max_handshakes: 1024,
+            max_handshakes_per_client: 1024,
             admission: None,
             ws_origins: Arc::new(Vec::new()),
             on_refused: None,
@@ -241,6 +300,7 @@ impl std::fmt::Debug for ListenOptions {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("proxy_sources", &self.proxy_sources)
             .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshakes_per_client", &self.max_handshakes_per_client)
             .field("admission", &self.admission.is_some())
             .field("ws_origins", &self.ws_origins)
             .field("on_refused", &self.on_refused.is_some())
@@ -259,6 +319,7 @@ pub struct Listener {
     tls: Option<TlsAcceptor>,
     options: ListenOptions,
     pending: JoinSet<Accepted>,
+    shaking: Arc<Shaking>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -292,6 +353,7 @@ impl Listener {
             tls,
             options,
             pending: JoinSet::new(),
+            shaking: Arc::default(),
         })
     }
 
@@ -329,6 +391,22 @@ impl Listener {
                             }
                             continue;
                         }
+                        // A direct client's handshakes count against it until they end.
+                        let shake = if self.options.proxy_sources.expects_header(peer.ip()) {
+                            None
+                        } else {
+                            let max = self.options.max_handshakes_per_client;
+                            match self.shaking.try_start(ClientKey::of(peer), max) {
+                                Some(g) => Some(g),
+                                None => {
+                                    tracing::debug!(%peer, "too many handshakes from one client; closing");
+                                    if let Some(refused) = &self.options.on_refused {
+                                        refused("handshakes_per_client");
+                                    }
+                                    continue;
+                                }
+                            }
+                        };
                         let permit = match &self.options.admission {
                             Some(admit) => match admit(peer) {
                                 Some(p) => Some(p),
@@ -345,6 +423,7 @@ impl Listener {
                         let refused = self.options.on_refused.clone();
                         let timeout = self.options.handshake_timeout;
                         self.pending.spawn(async move {
+                            let _shake = shake;
                             // Behind a balancer, the client's address comes first.
                             let accepted = async {
                                 let client = proxy.client_address(&mut stream, peer).await?;

@@ -17,8 +17,9 @@
 //! asks. A bucket that runs into debt could not be kept by a rate limiter that refuses
 //! charges it cannot cover (such as GCRA), which is why this one is kept here.
 
+pub use crate::listen::ClientKey;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -65,26 +66,6 @@ impl Connections {
     /// Connections open or in their handshake now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
-    }
-}
-
-/// Who a limit applies to: an IPv4 address, or an IPv6 /64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
-
-impl ClientKey {
-    /// The key of a peer address (an IPv4-mapped IPv6 address counts as IPv4).
-    pub fn of(peer: SocketAddr) -> ClientKey {
-        match peer.ip() {
-            IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ClientKey(IpAddr::V4(v4)),
-                None => {
-                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                    ClientKey(IpAddr::V6(bits.into()))
-                }
-            },
-        }
     }
 }
 

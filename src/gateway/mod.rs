@@ -293,6 +293,7 @@ async fn spawn_listener(
         tls,
         proxy_sources: Arc::new(ProxySources::new(core.cfg.listen.proxy_networks()?)),
         max_handshakes: core.cfg.limits.max_sessions,
+        max_handshakes_per_client: core.cfg.limits.max_sessions_per_client,
         admission: Some(admission),
         ws_origins: Arc::new(core.cfg.listen.ws_origins.clone()),
         ..ListenOptions::default()

@@ -117,9 +117,10 @@ pub struct Metrics {
 }
 
 /// The `limit` label values of `limit_rejections_total`.
-pub const LIMITS: [&str; 9] = [
+pub const LIMITS: [&str; 10] = [
     "sessions",
     "handshakes",
+    "handshakes_per_client",
     "origin",
     "connections",
     "rate",
