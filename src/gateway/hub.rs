@@ -111,6 +111,44 @@ fn entry_links(entry: &Entry) -> Option<Arc<Links>> {
     st.sessions.first()?.links.clone()
 }
 
+/// An upstream's answer to a history request.
+type Asked = (
+    Arc<Upstream>,
+    Result<Box<serde_json::value::RawValue>, ClientError>,
+);
+
+/// Histories by the status they hash to (with the upstreams that gave each), and each
+/// upstream's confirmed part with its tip height, to tell a lie from a mempool behind.
+type Tally = (
+    Vec<(Value, Vec<usize>)>,
+    HashMap<usize, (Vec<crate::chain::HistoryEntry>, u32)>,
+);
+
+fn tally_histories(asked: &[Asked]) -> Tally {
+    let mut by_status: Vec<(Value, Vec<usize>)> = Vec::new();
+    let mut confirmed = HashMap::new();
+    for (up, res) in asked {
+        let Some(history) = res
+            .as_ref()
+            .ok()
+            .and_then(|raw| parse_history(raw.get()).ok())
+        else {
+            continue;
+        };
+        let tip = up.tip().map_or(0, |t| t.height);
+        confirmed.insert(
+            up.id,
+            (crate::chain::confirmed_part(&history, u32::MAX), tip),
+        );
+        let status = status_hash(&history).map_or(Value::Null, Value::String);
+        match by_status.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, ids)) => ids.push(up.id),
+            None => by_status.push((status, vec![up.id])),
+        }
+    }
+    (by_status, confirmed)
+}
+
 /// True for a status an honest server could send: null or 64 hex characters.
 fn valid_status(v: &Value) -> bool {
     match v {
@@ -638,27 +676,12 @@ impl Hub {
         }
     }
 
-    /// Settles a disagreement between watchers: every upstream in step is asked for the
-    /// scripthash's history (through the checked call), and the status that two of them agree
-    /// on is applied. Watchers on the losing side are penalised (a status that is not what the
-    /// majority's history says, or a silence about a change the others report) and replaced.
-    async fn arbitrate(
-        &self,
-        entry: &Entry,
-        watchers: &mut Vec<Watcher>,
-        shunned: &mut HashMap<usize, Instant>,
-    ) {
+    /// Every voter's history of the entry's scripthash (through the checked call; under
+    /// `isolated`, over the connections of a wallet that subscribed to it).
+    async fn histories(&self, entry: &Entry, voters: Vec<(Arc<Upstream>, Client)>) -> Vec<Asked> {
         let params = vec![Value::String(entry.scripthash.to_string())];
-        // Under `spread`: the set and the one upstream that steps in for it (enough for a
-        // majority against one liar); otherwise every upstream in step.
-        let (mut voters, reach) =
-            self.pool
-                .ranked_for_scripthash(true, &entry.scripthash, Some(entry.set));
-        if !entry.set.is_empty() {
-            voters.truncate(reach + 1);
-        }
         let links = entry_links(entry);
-        let asked = voters
+        voters
             .into_iter()
             .map(|(up, client)| {
                 let params = params.clone();
@@ -686,33 +709,45 @@ impl Hub {
             })
             .collect::<futures::stream::FuturesUnordered<_>>()
             .collect::<Vec<_>>()
-            .await;
-        let mut by_status: Vec<(Value, Vec<usize>)> = Vec::new();
-        // Each upstream's confirmed history, to tell a lie from a mempool that is behind.
-        let mut confirmed: HashMap<usize, (Vec<crate::chain::HistoryEntry>, u32)> = HashMap::new();
-        for (up, res) in asked {
-            let Some(history) = res.ok().and_then(|raw| parse_history(raw.get()).ok()) else {
-                continue;
-            };
-            let tip = up.tip().map_or(0, |t| t.height);
-            confirmed.insert(
-                up.id,
-                (crate::chain::confirmed_part(&history, u32::MAX), tip),
-            );
-            let status = status_hash(&history).map_or(Value::Null, Value::String);
-            match by_status.iter_mut().find(|(s, _)| *s == status) {
-                Some((_, ids)) => ids.push(up.id),
-                None => by_status.push((status, vec![up.id])),
+            .await
+    }
+
+    /// Settles a disagreement between watchers: every upstream in step is asked for the
+    /// scripthash's history (through the checked call), and the status that two of them agree
+    /// on is applied. Watchers on the losing side are penalised (a status that is not what the
+    /// majority's history says, or a silence about a change the others report) and replaced.
+    async fn arbitrate(
+        &self,
+        entry: &Entry,
+        watchers: &mut Vec<Watcher>,
+        shunned: &mut HashMap<usize, Instant>,
+    ) {
+        // Under `spread`: the set and the one upstream that steps in for it first (enough for
+        // a majority against one liar), the others only when those give no majority (a member
+        // stalled while another lied); otherwise every upstream in step at once.
+        let (mut voters, reach) =
+            self.pool
+                .ranked_for_scripthash(true, &entry.scripthash, Some(entry.set));
+        let mut rest = if entry.set.is_empty() {
+            Vec::new()
+        } else {
+            voters.split_off((reach + 1).min(voters.len()))
+        };
+        let mut asked = self.histories(entry, voters).await;
+        let (winner, agreeing, confirmed) = loop {
+            let (by_status, confirmed) = tally_histories(&asked);
+            let total: usize = by_status.iter().map(|(_, ids)| ids.len()).sum();
+            if let Some((winner, agreeing)) = by_status
+                .into_iter()
+                .find(|(_, ids)| ids.len() >= 2 && ids.len() * 2 > total)
+            {
+                break (winner, agreeing, confirmed);
             }
-        }
-        let total: usize = by_status.iter().map(|(_, ids)| ids.len()).sum();
-        let Some((winner, agreeing)) = by_status
-            .iter()
-            .find(|(_, ids)| ids.len() >= 2 && ids.len() * 2 > total)
-            .cloned()
-        else {
-            tracing::warn!("upstreams disagree on a status and no two agree; asking again");
-            return;
+            if rest.is_empty() {
+                tracing::warn!("upstreams disagree on a status and no two agree; asking again");
+                return;
+            }
+            asked.extend(self.histories(entry, std::mem::take(&mut rest)).await);
         };
         let mut i = 0;
         while i < watchers.len() {

@@ -616,7 +616,18 @@ impl Router {
                     launch(&mut next, &mut inflight);
                     hedge.as_mut().reset(tokio::time::Instant::now() + self.hedge_delay(&ranked[0].0));
                 }
-                _ = until_cutoff => break,
+                _ = until_cutoff => {
+                    // No answer has two backers yet (a member stalled while another lied):
+                    // the next upstream in line votes too, one at a time, before giving up.
+                    let backed = keys.iter().any(|k| {
+                        answers.iter().filter(|(_, _, _, key)| key == k).count() >= 2
+                    });
+                    if backed || next >= ranked.len() {
+                        break;
+                    }
+                    launch(&mut next, &mut inflight);
+                    cutoff = Some(tokio::time::Instant::now() + self.hedge_max);
+                }
             }
         }
         if answers.is_empty() {
