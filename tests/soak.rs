@@ -342,6 +342,70 @@ fn assert_flat(rss: &[u64]) {
     }
 }
 
+/// The chain behind the upstreams, as the soak changes it.
+trait Chain {
+    fn pay(&self, address: &str, sats: u64);
+    fn mine(&self);
+    fn reorg(&self);
+    /// Every soak scripthash's status now.
+    fn statuses(&self, shs: &[String]) -> Statuses;
+}
+
+impl Chain for net::Interop {
+    fn pay(&self, address: &str, sats: u64) {
+        self.btc.pay(address, sats);
+    }
+    fn mine(&self) {
+        self.btc.mine(1);
+    }
+    fn reorg(&self) {
+        self.btc.reorg(1);
+    }
+    fn statuses(&self, shs: &[String]) -> Statuses {
+        Expected::compute(&self.btc.snapshot(), shs).statuses()
+    }
+}
+
+impl Chain for Net {
+    fn pay(&self, address: &str, sats: u64) {
+        self.sim.pay(address, sats).expect("the sim pays");
+    }
+    fn mine(&self) {
+        self.sim.mine(1);
+    }
+    fn reorg(&self) {
+        self.sim.reorg(1).expect("a depth-1 reorg");
+    }
+    fn statuses(&self, shs: &[String]) -> Statuses {
+        shs.iter()
+            .map(|sh| (sh.clone(), self.sim.status(sh).expect("a valid scripthash")))
+            .collect()
+    }
+}
+
+/// The end of a round: payments, a block, then a depth-1 reorg that puts the block's
+/// payments back in the mempool; the wallets must see each change. Returns the memory after.
+async fn pay_mine_and_reorg(
+    chain: &impl Chain,
+    fleet: &Fleet,
+    scripts: &[ScriptBuf],
+    step: usize,
+) -> u64 {
+    for a in payees(scripts, step, 10) {
+        chain.pay(&a, 30_000 + step as u64);
+    }
+    chain.mine();
+    fleet
+        .converge(&chain.statuses(&fleet.shs), "a block to reorganise")
+        .await;
+    chain.reorg();
+    fleet
+        .converge(&chain.statuses(&fleet.shs), "a depth-1 reorg")
+        .await;
+    fleet.more_reads(400, "reads after a reorg").await;
+    rss_kib()
+}
+
 /// Which soak scripts a change pays: `n` of them, spread over the wallets, different for
 /// each `step`.
 fn payees(scripts: &[ScriptBuf], step: usize, n: usize) -> Vec<String> {
@@ -357,11 +421,10 @@ async fn wallets_keep_reading_while_each_electrumx_is_killed_and_a_block_is_reor
     let scripts = soak_scripts();
     let shs: Vec<String> = scripts.iter().map(|s| script_hash_of_script(s)).collect();
     let mut net = net::Interop::start(&bin, lift_client_limits).await;
-    let expected = |net: &net::Interop| -> Statuses {
-        Expected::compute(&net.btc.snapshot(), &shs).statuses()
-    };
     let fleet = Fleet::start(net.gw.tcp_addr().expect("tcp listener"), &shs).await;
-    fleet.converge(&expected(&net), "the first statuses").await;
+    fleet
+        .converge(&net.statuses(&shs), "the first statuses")
+        .await;
     let mut step = 0;
     let mut rss = Vec::new();
     for round in 0..rounds() {
@@ -369,15 +432,15 @@ async fn wallets_keep_reading_while_each_electrumx_is_killed_and_a_block_is_reor
             net.monitors[victim] = None;
             net.servers[victim].kill().await;
             for a in payees(&scripts, step, 10) {
-                net.btc.pay(&a, 20_000 + step as u64);
+                net.pay(&a, 20_000 + step as u64);
             }
             step += 1;
             fleet
-                .converge(&expected(&net), "payments, an ElectrumX down")
+                .converge(&net.statuses(&shs), "payments, an ElectrumX down")
                 .await;
-            net.btc.mine(1);
+            net.mine();
             fleet
-                .converge(&expected(&net), "a block, an ElectrumX down")
+                .converge(&net.statuses(&shs), "a block, an ElectrumX down")
                 .await;
             fleet.more_reads(400, "reads with an ElectrumX down").await;
             net.servers[victim].restart();
@@ -390,19 +453,8 @@ async fn wallets_keep_reading_while_each_electrumx_is_killed_and_a_block_is_reor
             );
             fleet.more_reads(400, "reads after a restart").await;
         }
-        // A depth-1 reorg: the last block's payments go back to the mempool.
-        for a in payees(&scripts, step, 10) {
-            net.btc.pay(&a, 30_000 + step as u64);
-        }
+        rss.push(pay_mine_and_reorg(&net, &fleet, &scripts, step).await);
         step += 1;
-        net.btc.mine(1);
-        fleet
-            .converge(&expected(&net), "a block to reorganise")
-            .await;
-        net.btc.reorg(1);
-        fleet.converge(&expected(&net), "a depth-1 reorg").await;
-        fleet.more_reads(400, "reads after a reorg").await;
-        rss.push(rss_kib());
         eprintln!("round {round}: {} reads so far", fleet.reads());
     }
     let reads = fleet.finish().await;
@@ -436,13 +488,10 @@ async fn wallets_keep_reading_through_kills_stalls_flapping_and_lies_of_simulate
     net.wait_in_step(4).await;
     let scripts = soak_scripts();
     let shs: Vec<String> = scripts.iter().map(|s| script_hash_of_script(s)).collect();
-    let expected = |net: &Net| -> Statuses {
-        shs.iter()
-            .map(|sh| (sh.clone(), net.sim.status(sh).expect("a valid scripthash")))
-            .collect()
-    };
     let fleet = Fleet::start(net.addr(), &shs).await;
-    fleet.converge(&expected(&net), "the first statuses").await;
+    fleet
+        .converge(&net.statuses(&shs), "the first statuses")
+        .await;
     let failures = ["kill", "stall", "flap=1"];
     let lies = ["lie-history", "lie-balance", "silent", "fake-mempool"];
     const LIAR: usize = 3;
@@ -462,14 +511,14 @@ async fn wallets_keep_reading_through_kills_stalls_flapping_and_lies_of_simulate
             net.sim
                 .set_faults(LIAR, lie.parse::<Faults>().expect("a known fault"));
             for a in payees(&scripts, step, 10) {
-                net.sim.pay(&a, 20_000 + step as u64).expect("the sim pays");
+                net.pay(&a, 20_000 + step as u64);
             }
             step += 1;
             let what = format!("payments, endpoint {victim} {fault}, endpoint {LIAR} {lie}");
-            fleet.converge(&expected(&net), &what).await;
-            net.sim.mine(1);
+            fleet.converge(&net.statuses(&shs), &what).await;
+            net.mine();
             let what = format!("a block, endpoint {victim} {fault}, endpoint {LIAR} {lie}");
-            fleet.converge(&expected(&net), &what).await;
+            fleet.converge(&net.statuses(&shs), &what).await;
             fleet.more_reads(400, &what).await;
             if *fault == "kill" {
                 net.sim
@@ -482,18 +531,8 @@ async fn wallets_keep_reading_through_kills_stalls_flapping_and_lies_of_simulate
             // A server that failed without lying is used again once it answers.
             wait_back_in_step(&net, victim).await;
         }
-        for a in payees(&scripts, step, 10) {
-            net.sim.pay(&a, 30_000 + step as u64).expect("the sim pays");
-        }
+        rss.push(pay_mine_and_reorg(&net, &fleet, &scripts, step).await);
         step += 1;
-        net.sim.mine(1);
-        fleet
-            .converge(&expected(&net), "a block to reorganise")
-            .await;
-        net.sim.reorg(1).expect("a depth-1 reorg");
-        fleet.converge(&expected(&net), "a depth-1 reorg").await;
-        fleet.more_reads(400, "reads after a reorg").await;
-        rss.push(rss_kib());
         eprintln!("round {round}: {} reads so far", fleet.reads());
     }
     let reads = fleet.finish().await;
