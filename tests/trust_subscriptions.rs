@@ -86,15 +86,19 @@ async fn a_silent_watcher_cannot_hide_a_change() {
 async fn a_stalled_subscribe_moves_to_another_upstream() {
     let net = Net::with_attacker("stall-subscribe").await;
     // Another wallet reads meanwhile, so the attacker visibly answers everything but
-    // subscriptions: a selective stall, not a slow server. It reads a scripthash nobody
-    // subscribes to, whose answers the gateway cannot keep, so every read reaches upstreams.
+    // subscriptions: a selective stall, not a slow server. It reads scripthashes nobody
+    // subscribes to, whose answers the gateway cannot keep, so every read reaches upstreams;
+    // many of them, so that under `[privacy] mode = "spread"` some have the attacker in their
+    // set whatever the privacy key.
     let stop = tokio_util::sync::CancellationToken::new();
     let reader = {
         let (stop, addr) = (stop.clone(), net.addr());
         tokio::spawn(async move {
             let mut r = common::Wallet::connect(addr).await;
-            let unwatched = "ab".repeat(32);
+            let mut i = 0u32;
             while !stop.is_cancelled() {
+                let unwatched = format!("{i:064x}");
+                i = (i + 1) % 64;
                 r.call("blockchain.scripthash.get_balance", json!([unwatched]))
                     .await;
             }
