@@ -160,10 +160,14 @@ async fn under_spread_no_upstream_sees_more_than_half_of_any_wallet() {
         "an upstream saw {:.0}% of a wallet's scripthashes",
         spread.max() * 100.0
     );
-    // Every scripthash went to exactly its set of two (no upstream failed, none disagreed):
-    // six upstreams see two sixths of the whole, no more.
+    // Every scripthash went to its set of two; with no upstream failing or disagreeing, only
+    // a slow answer (hedged to the upstream that steps in) reaches a third.
     let total: usize = spread.per_upstream.iter().sum();
-    assert_eq!(total, 2 * WALLETS * ADDRESSES);
+    let n = WALLETS * ADDRESSES;
+    assert!(
+        (2 * n..=2 * n + n / 50).contains(&total),
+        "{total} upstream sightings of {n} scripthashes"
+    );
     // The metric says the same.
     let text = net.gw.metrics_text();
     assert!(
