@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::pool::Pool;
-use super::privacy::Set;
+use super::privacy::Scope;
 use super::upstream::Upstream;
 use super::vote::{confirmed_key, median_value, settle, tally, vote_key, Ballot};
 use crate::client::{Client, ClientError};
@@ -64,8 +64,17 @@ pub struct Router {
 
 /// The error a wallet sees when no upstream could answer.
 pub fn unavailable(reason: &str) -> RpcError {
-    RpcError::new(DAEMON_ERROR, format!("no upstream could answer: {reason}"))
+    RpcError::new(DAEMON_ERROR, format!("{UNAVAILABLE}{reason}"))
 }
+
+/// True for the error [`unavailable`] makes: no upstream gave an answer of its own (they
+/// failed to answer, or their answers failed verification).
+pub fn is_unavailable(e: &RpcError) -> bool {
+    e.code == DAEMON_ERROR && e.message.starts_with(UNAVAILABLE)
+}
+
+/// How [`unavailable`] errors begin.
+const UNAVAILABLE: &str = "no upstream could answer: ";
 
 fn client_error_to_rpc(e: ClientError) -> RpcError {
     match e {
@@ -151,6 +160,30 @@ pub trait Confirm: Sync {
         client: &'a Client,
         raw: &'a RawValue,
     ) -> BoxFuture<'a, Result<(), ClientError>>;
+
+    /// Proves an answer a vote decided before it is served (the default: nothing to prove).
+    /// A refusal fails the vote: its backers are penalised when it says so, and the vote is
+    /// taken again.
+    fn prove<'a>(&'a self, _raw: &'a RawValue) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Why [`Confirm::prove`] refused a decided answer.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// What the wallet gets if no other answer passes.
+    pub error: RpcError,
+    /// When the answer is shown false: the reason its backers are penalised for.
+    pub blame: Option<Reason>,
+}
+
+/// A voted answer that won, before [`Confirm::prove`]: who gave it, and who lost to it (to be
+/// penalised only once it is proven).
+struct Decided {
+    routed: Routed,
+    backers: Vec<Arc<Upstream>>,
+    outvoted: Vec<Arc<Upstream>>,
 }
 
 /// No step beyond the check.
@@ -231,21 +264,25 @@ impl Router {
 
     /// Routes one read or broadcast according to the call's policy; the answer alone.
     pub async fn route(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        Ok(self.route_with(call, &NoConfirm, None).await?.raw)
+        Ok(self
+            .route_with(call, &NoConfirm, &Scope::default())
+            .await?
+            .raw)
     }
 
     /// Routes one read or broadcast according to the call's policy, every read answer passing
-    /// `confirm` after its check. A scripthash read goes to the scripthash's `set` (its
-    /// subscription's, else its default set) under `[privacy] mode = "spread"`.
+    /// `confirm` after its check (and a voted answer [`Confirm::prove`] once decided). A
+    /// scripthash read, or a call `scope` ties to a scripthash, goes to the scripthash's set
+    /// (its subscription's, else its default set) under `[privacy] mode = "spread"`.
     pub async fn route_with(
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        set: Option<Set>,
+        scope: &Scope,
     ) -> Result<Routed, RpcError> {
         match call.policy {
-            Policy::Fastest | Policy::Local => self.fastest(call, confirm, set).await,
-            Policy::Quorum => self.quorum(call, confirm, set).await,
+            Policy::Fastest | Policy::Local => self.fastest(call, confirm, scope).await,
+            Policy::Quorum => self.quorum(call, confirm, scope).await,
             Policy::Median => self.median(call, confirm).await,
             Policy::Broadcast => {
                 let raw = self.broadcast(call).await?;
@@ -288,11 +325,24 @@ impl Router {
 
     /// The upstreams that may answer `call`, in the order to ask them, and how many of them
     /// are within reach without need (for a scripthash under `spread`: its set, see
-    /// [`Pool::ranked_for_scripthash`]; otherwise all).
-    fn candidates(&self, call: &Call, set: Option<Set>) -> Candidates {
-        match &call.args {
-            Args::ScriptHash(sh) => self.pool.ranked_for_scripthash(call.info.tip, sh, set),
-            _ => {
+    /// [`Pool::ranked_for_scripthash`]; otherwise all). A [`Scope::strict`] scope keeps to
+    /// the set and the one upstream that steps in.
+    fn candidates(&self, call: &Call, scope: &Scope) -> Candidates {
+        let scripthash = match (&scope.scripthash, &call.args) {
+            (Some(sh), _) | (None, Args::ScriptHash(sh)) => Some(sh),
+            _ => None,
+        };
+        match scripthash {
+            Some(sh) => {
+                let (mut ranked, reach) =
+                    self.pool
+                        .ranked_for_scripthash(call.info.tip, sh, scope.set);
+                if scope.strict && self.pool.privacy().spread() {
+                    ranked.truncate(reach.saturating_add(1));
+                }
+                (ranked, reach)
+            }
+            None => {
                 let ranked = self.pool.ranked_for(call.info.tip);
                 let n = ranked.len();
                 (ranked, n)
@@ -303,12 +353,12 @@ impl Router {
     /// [`Router::candidates`]; while there are none, waits for one for up to
     /// [`IN_STEP_PATIENCE`], woken by pool events (a connection, a tip, a standing change),
     /// and at least every quarter second. Empty when none came.
-    async fn candidates_or_wait(&self, call: &Call, set: Option<Set>) -> Candidates {
+    async fn candidates_or_wait(&self, call: &Call, scope: &Scope) -> Candidates {
         let deadline = tokio::time::Instant::now() + IN_STEP_PATIENCE;
         let mut events = self.pool.events();
         let mut waited = false;
         loop {
-            let ranked = self.candidates(call, set);
+            let ranked = self.candidates(call, scope);
             let now = tokio::time::Instant::now();
             if !ranked.0.is_empty() || now >= deadline {
                 return ranked;
@@ -338,9 +388,9 @@ impl Router {
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        set: Option<Set>,
+        scope: &Scope,
     ) -> Result<Routed, RpcError> {
-        let (ranked, reach) = self.candidates_or_wait(call, set).await;
+        let (ranked, reach) = self.candidates_or_wait(call, scope).await;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected and in step"));
         }
@@ -383,7 +433,9 @@ impl Router {
                             }
                         }
                         Err(e) => {
-                            let retry = worth_retrying(&e) || !ballots.is_empty();
+                            // In a strict scope every upstream it allows is asked before the
+                            // read fails: one member's refusal is not the answer.
+                            let retry = worth_retrying(&e) || !ballots.is_empty() || scope.strict;
                             keep_telling(&mut first_error, e);
                             if retry && next < ranked.len() {
                                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -469,22 +521,28 @@ impl Router {
     /// the confirmed part but their mempools still differ, the answer keeps the unconfirmed
     /// entries a majority reports ([`super::vote::settle`]); otherwise the wallet gets an error
     /// rather than an answer that may be false.
+    ///
+    /// A decided answer must still pass [`Confirm::prove`] (a history: every confirmed entry's
+    /// merkle proof) before it is served and before the outvoted are penalised: one it refuses
+    /// costs its backers a penalty and the vote is taken again (within the same patience), so
+    /// upstreams that agree on an unprovable answer never get an honest minority penalised.
     pub async fn quorum(
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        set: Option<Set>,
+        scope: &Scope,
     ) -> Result<Routed, RpcError> {
         let deadline = tokio::time::Instant::now() + VOTE_PATIENCE;
         let mut events = self.pool.events();
         let mut round = 0;
+        let mut refused: Option<RpcError> = None;
         loop {
             round += 1;
             let last = tokio::time::Instant::now() >= deadline;
             // A round never outlasts the vote's patience by more than a hedge.
             let bound =
                 deadline.saturating_duration_since(tokio::time::Instant::now()) + self.hedge_max;
-            let once = tokio::time::timeout(bound, self.quorum_once(call, last, confirm, set))
+            let once = tokio::time::timeout(bound, self.quorum_once(call, last, confirm, scope))
                 .await
                 .unwrap_or_else(|_| {
                     Err(NoMajority(unavailable(
@@ -492,8 +550,38 @@ impl Router {
                     )))
                 });
             match once {
-                Ok(answer) => return answer,
-                Err(NoMajority(e)) if last => return Err(e),
+                Ok(Ok(decided)) => match confirm.prove(&decided.routed.raw).await {
+                    Ok(()) => {
+                        for up in &decided.outvoted {
+                            self.pool.penalize(up, Reason::VoteMinority);
+                        }
+                        return Ok(decided.routed);
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(
+                            method = call.method(),
+                            backers = decided.backers.len(),
+                            blamed = refusal.blame.is_some(),
+                            "a voted answer was refused"
+                        );
+                        tracing::debug!(
+                            method = call.method(),
+                            "refused: {}",
+                            refusal.error.message
+                        );
+                        if let Some(reason) = refusal.blame {
+                            for up in &decided.backers {
+                                self.pool.penalize(up, reason);
+                            }
+                        }
+                        if last || tokio::time::Instant::now() >= deadline {
+                            return Err(refusal.error);
+                        }
+                        refused = Some(refusal.error);
+                    }
+                },
+                Ok(Err(e)) => return Err(e),
+                Err(NoMajority(e)) if last => return Err(refused.unwrap_or(e)),
                 Err(NoMajority(e)) => {
                     tracing::debug!(method = call.method(), round, "no vote yet: {e}");
                     let pause = deadline
@@ -510,9 +598,9 @@ impl Router {
         call: &Call,
         last: bool,
         confirm: &dyn Confirm,
-        set: Option<Set>,
-    ) -> Result<Result<Routed, RpcError>, NoMajority> {
-        let (ranked, reach) = self.candidates(call, set);
+        scope: &Scope,
+    ) -> Result<Result<Decided, RpcError>, NoMajority> {
+        let (ranked, reach) = self.candidates(call, scope);
         if ranked.is_empty() {
             return Err(NoMajority(unavailable(
                 "no upstream is connected and in step",
@@ -643,15 +731,26 @@ impl Router {
             // Outvoted upstreams are penalised only when their confirmed part differs: honest
             // mempools differ for a while after a transaction (one server saw it first).
             let winning_confirmed = chosen.as_ref().map(|(raw, _)| confirmed_key(call, raw));
-            for (up, (raw, _), _, _) in &answers {
-                if outcome.outvoted.contains(&up.id)
-                    && winning_confirmed.as_deref() != Some(confirmed_key(call, raw).as_str())
-                {
-                    self.pool.penalize(up, Reason::VoteMinority);
-                }
-            }
+            let outvoted = answers
+                .iter()
+                .filter(|(up, (raw, _), _, _)| {
+                    outcome.outvoted.contains(&up.id)
+                        && winning_confirmed.as_deref() != Some(confirmed_key(call, raw).as_str())
+                })
+                .map(|(up, _, _, _)| up.clone())
+                .collect();
+            let backed_by = answers
+                .iter()
+                .zip(&whole)
+                .filter(|(_, b)| won(b))
+                .map(|((up, _, _, _), _)| up.clone())
+                .collect();
             return Ok(chosen
-                .map(|answer| Routed::new(call, answer, backers))
+                .map(|answer| Decided {
+                    routed: Routed::new(call, answer, backers),
+                    backers: backed_by,
+                    outvoted,
+                })
                 .ok_or_else(|| unavailable("every upstream failed")));
         }
         if last {
@@ -666,6 +765,12 @@ impl Router {
                     .filter(|(_, b)| b.key == winner && at(b))
                     .map(|((_, (raw, _), _, _), _)| &**raw)
                     .collect();
+                let backed_by: Vec<Arc<Upstream>> = answers
+                    .iter()
+                    .zip(&confirmed)
+                    .filter(|(_, b)| b.key == winner && at(b))
+                    .map(|((up, _, _, _), _)| up.clone())
+                    .collect();
                 let all: Vec<&RawValue> = answers
                     .iter()
                     .zip(&confirmed)
@@ -673,7 +778,11 @@ impl Router {
                     .map(|((_, (raw, _), _, _), _)| &**raw)
                     .collect();
                 if let Some(answer) = settle(call, &agreed, &all) {
-                    return Ok(Ok(Routed::new(call, (answer, None), agreed.len())));
+                    return Ok(Ok(Decided {
+                        routed: Routed::new(call, (answer, None), agreed.len()),
+                        backers: backed_by,
+                        outvoted: Vec::new(),
+                    }));
                 }
             }
         }
@@ -691,7 +800,7 @@ impl Router {
     /// an error.
     pub async fn median(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
         let answers: Vec<_> = self
-            .candidates_or_wait(call, None)
+            .candidates_or_wait(call, &Scope::default())
             .await
             .0
             .into_iter()
@@ -738,7 +847,7 @@ impl Router {
     /// rejections cannot outnumber acceptances; otherwise the rejection they gave. One
     /// upstream's word is never enough, since anyone can compute a txid.
     pub async fn broadcast(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        let ranked = self.candidates_or_wait(call, None).await.0;
+        let ranked = self.candidates_or_wait(call, &Scope::default()).await.0;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected"));
         }

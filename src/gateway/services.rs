@@ -15,7 +15,7 @@
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -23,16 +23,24 @@ use tokio_util::sync::CancellationToken;
 use super::cache::AnswerCache;
 use super::hub::Hub;
 use super::pool::Pool;
-use super::privacy::Set;
-use super::router::{Confirm, NoConfirm, Routed, Router};
+use super::privacy::{Scope, Set};
+use super::router::{
+    is_unavailable, Confirm, NoConfirm, Refusal, Routed, Router, IN_STEP_PATIENCE,
+};
 use super::upstream::Upstream;
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::metrics::{Counters, Metrics, Snapshot, Subscriptions};
-use crate::protocol::error::{BAD_REQUEST, METHOD_NOT_FOUND};
+use crate::protocol::error::{BAD_REQUEST, DAEMON_ERROR, METHOD_NOT_FOUND};
 use crate::protocol::methods::{Cache, Check, Fallback, Kind};
-use crate::protocol::{from_raw, Args, Call, RpcError};
+use crate::protocol::{from_raw, Args, Call, Policy, RpcError};
 use crate::verify::{check_position_tx, position_txid, Reason, Verdict};
+
+/// Merkle proofs of one history asked at once ([`HistoryProof`]).
+const PROOF_CONCURRENCY: usize = 16;
+/// Merkle proofs of histories in flight at once, over all wallets, so that many histories
+/// proven together do not flood the upstreams.
+const PROOFS_IN_FLIGHT: usize = 64;
 
 /// Everything a session needs, shared by all sessions.
 pub struct Core {
@@ -61,6 +69,8 @@ pub struct Core {
     sessions: AtomicI64,
     /// Reads in flight by key, with the identical reads waiting for them.
     inflight: Mutex<HashMap<String, Vec<Follower>>>,
+    /// Bounds the history proofs in flight ([`PROOFS_IN_FLIGHT`]).
+    proof_permits: tokio::sync::Semaphore,
 }
 
 fn raw<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, RpcError> {
@@ -134,6 +144,152 @@ impl Confirm for PositionConfirm<'_> {
     }
 }
 
+/// Proves every confirmed entry of a history before it counts (`[verify] prove_history`): its
+/// merkle proof ([`Core::read_in`], so cached proofs are used and new ones kept) must fold to
+/// the verified header at its height. Proofs are asked of the scripthash's set and the one
+/// upstream that steps in for it, no further ([`Scope::strict`]), so no other upstream learns
+/// of the history. For a vote the decided answer is proven ([`Confirm::prove`]); for a read
+/// not voted on (`fastest`), each answer ([`Confirm::confirm`]). An entry no upstream could
+/// prove is remembered for the rest of the read, and any answer naming it is refused at once.
+struct HistoryProof<'a> {
+    core: &'a Core,
+    /// Where the proofs are asked.
+    scope: Scope,
+    /// Prove each answer as it arrives rather than the decided one.
+    each: bool,
+    /// Entries (txid, height) shown unprovable during this read.
+    unproven: Mutex<HashSet<(bitcoin::Txid, u32)>>,
+}
+
+impl<'a> HistoryProof<'a> {
+    fn new(core: &'a Core, scripthash: &str, set: Option<Set>, each: bool) -> Self {
+        HistoryProof {
+            core,
+            scope: Scope {
+                scripthash: Some(scripthash.to_string()),
+                set,
+                strict: true,
+            },
+            each,
+            unproven: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// True when the history names an entry already shown unprovable.
+    fn names_unproven(&self, raw: &RawValue) -> bool {
+        let Ok(unproven) = self.unproven.lock() else {
+            return false;
+        };
+        !unproven.is_empty()
+            && confirmed_entries(raw).is_ok_and(|e| e.iter().any(|x| unproven.contains(x)))
+    }
+
+    fn remember(&self, entries: impl IntoIterator<Item = (bitcoin::Txid, u32)>) {
+        if let Ok(mut unproven) = self.unproven.lock() {
+            unproven.extend(entries);
+        }
+    }
+
+    /// Proves every confirmed entry of `raw`, at most [`PROOF_CONCURRENCY`] at a time.
+    async fn prove_all(&self, raw: &RawValue) -> Result<(), Refusal> {
+        use futures::stream::StreamExt;
+        let refuse = |why: String, blame: bool| Refusal {
+            error: RpcError::new(DAEMON_ERROR, format!("history refused: {why}")),
+            blame: blame.then_some(Reason::UnprovenHistory),
+        };
+        let entries = confirmed_entries(raw).map_err(|e| refuse(e, true))?;
+        let Some(highest) = entries.iter().map(|(_, h)| *h).max() else {
+            return Ok(());
+        };
+        if !self.core.verified_up_to(highest).await {
+            let tip = self.core.pool.tracker().tip().height;
+            self.remember(entries.iter().filter(|(_, h)| *h > tip).copied());
+            return Err(refuse(
+                format!("it names block {highest}, above the verified tip {tip}"),
+                true,
+            ));
+        }
+        let mut proofs = futures::stream::iter(entries)
+            .map(|(txid, height)| async move {
+                let res = self.core.prove_entry(txid, height, &self.scope).await;
+                (txid, height, res)
+            })
+            .buffer_unordered(PROOF_CONCURRENCY);
+        while let Some((txid, height, res)) = proofs.next().await {
+            if let Err(e) = res {
+                // Every upstream asked gave no proof, and at least one said so (rather than
+                // failing to answer): the entry is false.
+                let blame = !is_unavailable(&e);
+                if blame {
+                    self.remember([(txid, height)]);
+                }
+                tracing::debug!(%txid, height, "history entry not proven: {}", e.message);
+                let why = if blame {
+                    "no upstream of its address could prove it"
+                } else {
+                    "no upstream of its address answered"
+                };
+                return Err(refuse(
+                    format!("a confirmed entry at height {height} was not proven: {why}"),
+                    blame,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The confirmed entries of a history answer (height above 0), each once.
+fn confirmed_entries(raw: &RawValue) -> Result<Vec<(bitcoin::Txid, u32)>, String> {
+    let history = crate::chain::parse_history(raw.get()).map_err(|e| e.to_string())?;
+    let mut entries: Vec<(bitcoin::Txid, u32)> = history
+        .iter()
+        .filter_map(|e| {
+            u32::try_from(e.height)
+                .ok()
+                .filter(|h| *h > 0)
+                .map(|h| (e.txid, h))
+        })
+        .collect();
+    entries.sort_unstable();
+    entries.dedup();
+    Ok(entries)
+}
+
+impl Confirm for HistoryProof<'_> {
+    fn confirm<'a>(
+        &'a self,
+        up: &'a Arc<Upstream>,
+        _client: &'a Client,
+        raw: &'a RawValue,
+    ) -> futures::future::BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            if self.names_unproven(raw) {
+                self.core.pool.penalize(up, Reason::UnprovenHistory);
+                return Err(ClientError::Protocol(
+                    "history refused: it names a transaction shown unprovable".into(),
+                ));
+            }
+            if !self.each {
+                return Ok(());
+            }
+            self.prove_all(raw).await.map_err(|refusal| {
+                if let Some(reason) = refusal.blame {
+                    self.core.pool.penalize(up, reason);
+                }
+                ClientError::Protocol(refusal.error.message)
+            })
+        })
+    }
+
+    fn prove<'a>(
+        &'a self,
+        raw: &'a RawValue,
+    ) -> futures::future::BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(self.prove_all(raw))
+    }
+}
+
 impl Core {
     /// Assembles the services over a pool.
     pub fn new(
@@ -172,6 +328,7 @@ impl Core {
             next_session: AtomicU64::new(1),
             sessions: AtomicI64::new(0),
             inflight: Mutex::new(HashMap::new()),
+            proof_permits: tokio::sync::Semaphore::new(PROOFS_IN_FLIGHT),
         }
     }
 
@@ -228,9 +385,19 @@ impl Core {
     /// cached when the row allows. The answer is in the upstream form (`id_from_pos` with its
     /// merkle branch).
     pub async fn read(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
+        self.read_in(call, &Scope::default()).await
+    }
+
+    /// [`Core::read`], asking only the upstreams `scope` allows when it is tied to a
+    /// scripthash (the merkle proofs of its history's entries).
+    pub(super) async fn read_in(
+        &self,
+        call: &Call,
+        scope: &Scope,
+    ) -> Result<Box<RawValue>, RpcError> {
         let tracker = self.pool.tracker();
         let Some(key) = call.cache_key() else {
-            return Ok(self.fetch_shared(call, None).await?.raw);
+            return Ok(self.fetch_shared(call, None, scope).await?.raw);
         };
         if call.info.cache == Cache::Status {
             return self.read_by_status(call, key).await;
@@ -240,7 +407,7 @@ impl Core {
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
-        let routed = self.fetch_shared(call, Some(&key)).await?;
+        let routed = self.fetch_shared(call, Some(&key), scope).await?;
         if !routed.uncorroborated {
             self.cache
                 .put(tracker, call, key, &routed.raw, routed.block);
@@ -256,14 +423,19 @@ impl Core {
         let status = call.scripthash().and_then(|sh| self.hub.status_of(sh));
         let Some(status) = status else {
             // Not watched (or not yet agreed): nothing identifies the answer.
-            return Ok(self.fetch_shared(call, Some(&key)).await?.raw);
+            return Ok(self
+                .fetch_shared(call, Some(&key), &Scope::default())
+                .await?
+                .raw);
         };
         if let Some(hit) = self.cache.get_at_status(&key, &status) {
             self.metrics.cache_hit(call.method());
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
-        let routed = self.fetch_shared(call, Some(&key)).await?;
+        let routed = self
+            .fetch_shared(call, Some(&key), &Scope::default())
+            .await?;
         let fits = match call.info.check {
             Check::History => history_fits(&routed.raw, &status),
             _ => {
@@ -280,9 +452,14 @@ impl Core {
     /// [`Core::fetch`], shared by identical reads in flight: the first one asks the upstreams
     /// (and votes), the others wait for its answer. `key` is the call's cache key when it has
     /// one. Broadcasts are never shared.
-    async fn fetch_shared(&self, call: &Call, key: Option<&str>) -> Result<Routed, RpcError> {
+    async fn fetch_shared(
+        &self,
+        call: &Call,
+        key: Option<&str>,
+        scope: &Scope,
+    ) -> Result<Routed, RpcError> {
         if call.kind() != Kind::Read {
-            return self.fetch(call).await;
+            return self.fetch(call, scope).await;
         }
         let key = match key {
             Some(k) => k.to_string(),
@@ -290,7 +467,7 @@ impl Core {
         };
         let waiting = {
             let Ok(mut inflight) = self.inflight.lock() else {
-                return self.fetch(call).await;
+                return self.fetch(call, scope).await;
             };
             match inflight.get_mut(&key) {
                 Some(followers) => {
@@ -314,7 +491,7 @@ impl Core {
                     // The first reader files the answer; a follower does not again.
                     uncorroborated: true,
                 }),
-                Err(_) => self.fetch(call).await,
+                Err(_) => self.fetch(call, scope).await,
             };
         }
         let leader = Leader {
@@ -322,7 +499,7 @@ impl Core {
             key,
             finished: false,
         };
-        let res = self.fetch(call).await;
+        let res = self.fetch(call, scope).await;
         for tx in leader.finish() {
             let _ = tx.send(res.as_ref().map(|r| r.raw.clone()).map_err(Clone::clone));
         }
@@ -379,28 +556,81 @@ impl Core {
         }
     }
 
+    /// Waits (up to [`IN_STEP_PATIENCE`]) for the verified chain to reach `height`; true once
+    /// it has. An honest upstream may list a block its tip notification has not brought yet.
+    async fn verified_up_to(&self, height: u32) -> bool {
+        let tracker = self.pool.tracker();
+        if tracker.tip().height >= height {
+            return true;
+        }
+        let mut tips = tracker.tip_watch();
+        let reached = tokio::time::timeout(
+            IN_STEP_PATIENCE,
+            tips.wait_for(|t| t.as_ref().is_some_and(|t| t.height >= height)),
+        )
+        .await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// The merkle proof of `txid` in the verified block at `height`, read (and cached) like a
+    /// wallet's `get_merkle`, from the upstreams `scope` allows.
+    async fn prove_entry(
+        &self,
+        txid: bitcoin::Txid,
+        height: u32,
+        scope: &Scope,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let call = self.internal_call(
+            "blockchain.transaction.get_merkle",
+            vec![json!(txid.to_string()), json!(height)],
+        )?;
+        let _permit = self
+            .proof_permits
+            .acquire()
+            .await
+            .map_err(|_| RpcError::internal("shutting down"))?;
+        self.read_in(&call, scope).await
+    }
+
     /// The set of upstreams a scripthash call goes to: its subscription's, when it has one
     /// (otherwise the router takes the scripthash's default set).
     fn set_of(&self, call: &Call) -> Option<Set> {
         call.scripthash().and_then(|sh| self.hub.set_of(sh))
     }
 
-    /// Routes a call (an `id_from_pos` answer confirmed by its transaction), and its fallback
-    /// when upstreams do not know the method.
-    async fn fetch(&self, call: &Call) -> Result<Routed, RpcError> {
+    /// Where a call goes: `scope` when it ties the call to a scripthash, else the call's own
+    /// scripthash's set (when it names one and has a subscription).
+    fn scope_of(&self, call: &Call, scope: &Scope) -> Scope {
+        if scope.scripthash.is_some() {
+            return scope.clone();
+        }
+        Scope {
+            set: self.set_of(call),
+            ..Scope::default()
+        }
+    }
+
+    /// Routes a call (an `id_from_pos` answer confirmed by its transaction, a history's
+    /// confirmed entries proven), and its fallback when upstreams do not know the method.
+    async fn fetch(&self, call: &Call, scope: &Scope) -> Result<Routed, RpcError> {
+        let scope = self.scope_of(call, scope);
         let res = match (call.info.check, &call.args) {
             (Check::TxAtPosition, Args::IdFromPos { pos, .. }) => {
                 let confirm = PositionConfirm {
                     core: self,
                     pos: *pos,
                 };
-                self.router.route_with(call, &confirm, None).await
-            }
-            _ => {
                 self.router
-                    .route_with(call, &NoConfirm, self.set_of(call))
+                    .route_with(call, &confirm, &Scope::default())
                     .await
             }
+            (Check::History, Args::ScriptHash(sh)) if self.cfg.verify.prove_history => {
+                // A vote proves the answer it decides; any other policy each answer.
+                let each = call.policy != Policy::Quorum;
+                let proof = HistoryProof::new(self, sh, scope.set, each);
+                self.router.route_with(call, &proof, &scope).await
+            }
+            _ => self.router.route_with(call, &NoConfirm, &scope).await,
         };
         let Some(fallback) = call.info.fallback else {
             return res;
@@ -440,7 +670,7 @@ impl Core {
                 let history = other("blockchain.scripthash.get_history", args)?;
                 let h = self
                     .router
-                    .route_with(&history, &NoConfirm, self.set_of(call))
+                    .route_with(&history, &NoConfirm, &scope)
                     .await?
                     .raw;
                 let hist: Vec<Value> = from_raw(&h)?;

@@ -466,10 +466,12 @@ impl Call<'_> {
         let view = self.view();
         if self.faults.fake_confirmed && txid.to_string() == FAKE_CONFIRMED_TXID {
             // A branch of the right length for the block, made up: it folds to another root.
-            let len = view
-                .block(FAKE_CONFIRMED_HEIGHT)
-                .map_or(1, |b| crate::chain::merkle::branch_length(b.txids.len()).max(1));
-            let merkle: Vec<String> = (0..len).map(|i| format!("{:02x}", 0x5a + i).repeat(32)).collect();
+            let len = view.block(FAKE_CONFIRMED_HEIGHT).map_or(1, |b| {
+                crate::chain::merkle::branch_length(b.txids.len()).max(1)
+            });
+            let merkle: Vec<String> = (0..len)
+                .map(|i| format!("{:02x}", 0x5a + i).repeat(32))
+                .collect();
             return Ok(json!({"block_height": FAKE_CONFIRMED_HEIGHT, "merkle": merkle, "pos": 1}));
         }
         let (height, pos) = view
