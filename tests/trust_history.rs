@@ -120,6 +120,37 @@ async fn two_colluding_upstreams_cannot_add_a_confirmed_transaction() {
     }
 }
 
+/// Every documented address's history through the gateway equals the honest upstream's.
+async fn all_honest(net: &Net, honest_endpoint: usize) {
+    let mut honest = direct(net, honest_endpoint).await;
+    let mut w = net.wallet().await;
+    for (a, answer) in ADDRESSES.iter().zip(histories(&mut w).await) {
+        let truth = honest
+            .call("blockchain.scripthash.get_history", json!([a.scripthash]))
+            .await;
+        assert_eq!(answer["result"], truth, "{}: {answer}", a.address);
+    }
+}
+
+#[tokio::test]
+async fn one_inventing_upstream_is_outvoted_and_never_blocks_a_history() {
+    // The attacker is the fastest and in the set of some addresses; the two honest upstreams'
+    // proven history is served for every address, never an error.
+    let net = Net::with_attacker("fake-confirmed").await;
+    all_honest(&net, 1).await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_proofs_cannot_get_honest_histories_refused() {
+    // The fastest upstream, in the set of some addresses, answers every proof request with
+    // "not in a block": the other upstreams of each address are asked before a proof is
+    // given up, so every honest history is served and no honest upstream is blamed.
+    let net = Net::with_attacker("no-merkle").await;
+    all_honest(&net, 1).await;
+    let snap = net.gw.snapshot();
+    assert_eq!(snap.counters.failures_of(Reason::UnprovenHistory), 0);
+}
+
 #[tokio::test]
 async fn without_proofs_two_colluding_upstreams_decide_a_history() {
     // What `prove_history = false` trusts: the same two liars win the vote with the invented

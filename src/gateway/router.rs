@@ -1021,6 +1021,16 @@ mod tests {
     }
 
     #[test]
+    fn unavailable_errors_are_told_from_upstream_answers() {
+        assert!(is_unavailable(&unavailable("every upstream failed")));
+        assert!(!is_unavailable(&RpcError::new(
+            DAEMON_ERROR,
+            "No such mempool or blockchain transaction"
+        )));
+        assert!(!is_unavailable(&RpcError::new(1, "tx is not in a block")));
+    }
+
+    #[test]
     fn already_known_rejections() {
         assert!(is_already_known(&RpcError::new(2, "txn-already-known")));
         assert!(is_already_known(&RpcError::new(

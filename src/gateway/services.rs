@@ -159,6 +159,9 @@ struct HistoryProof<'a> {
     each: bool,
     /// Entries (txid, height) shown unprovable during this read.
     unproven: Mutex<HashSet<(bitcoin::Txid, u32)>>,
+    /// Reorganisations of the verified chain when the read began: an entry that fails to
+    /// prove across one may have moved to another block, and blames nobody.
+    reorgs: u64,
 }
 
 impl<'a> HistoryProof<'a> {
@@ -172,6 +175,7 @@ impl<'a> HistoryProof<'a> {
             },
             each,
             unproven: Mutex::new(HashSet::new()),
+            reorgs: core.pool.tracker().reorgs(),
         }
     }
 
@@ -218,8 +222,9 @@ impl<'a> HistoryProof<'a> {
         while let Some((txid, height, res)) = proofs.next().await {
             if let Err(e) = res {
                 // Every upstream asked gave no proof, and at least one said so (rather than
-                // failing to answer): the entry is false.
-                let blame = !is_unavailable(&e);
+                // failing to answer), on the chain the history was given on: the entry is
+                // false.
+                let blame = !is_unavailable(&e) && self.core.pool.tracker().reorgs() == self.reorgs;
                 if blame {
                     self.remember([(txid, height)]);
                 }
@@ -239,18 +244,16 @@ impl<'a> HistoryProof<'a> {
     }
 }
 
-/// The confirmed entries of a history answer (height above 0), each once.
+/// The confirmed entries of a history answer (height above 0), each once. A height no block
+/// can have is an error, never taken for unconfirmed.
 fn confirmed_entries(raw: &RawValue) -> Result<Vec<(bitcoin::Txid, u32)>, String> {
     let history = crate::chain::parse_history(raw.get()).map_err(|e| e.to_string())?;
-    let mut entries: Vec<(bitcoin::Txid, u32)> = history
-        .iter()
-        .filter_map(|e| {
-            u32::try_from(e.height)
-                .ok()
-                .filter(|h| *h > 0)
-                .map(|h| (e.txid, h))
-        })
-        .collect();
+    let mut entries = Vec::new();
+    for e in history.iter().filter(|e| e.height > 0) {
+        let height = u32::try_from(e.height)
+            .map_err(|_| format!("a confirmed entry at height {} names no block", e.height))?;
+        entries.push((e.txid, height));
+    }
     entries.sort_unstable();
     entries.dedup();
     Ok(entries)
@@ -739,5 +742,39 @@ impl Core {
                 demotions: pool.demotions(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(v: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).unwrap()
+    }
+
+    const A: &str = "aa00000000000000000000000000000000000000000000000000000000000000";
+    const B: &str = "bb00000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn the_confirmed_entries_of_a_history_are_proven_once_each() {
+        let h = raw(json!([
+            {"height": 5, "tx_hash": B},
+            {"height": 3, "tx_hash": A},
+            {"height": 5, "tx_hash": B},
+            {"height": 0, "tx_hash": A, "fee": 100},
+            {"height": -1, "tx_hash": B, "fee": 100},
+        ]));
+        let entries = confirmed_entries(&h).unwrap();
+        let got: Vec<(String, u32)> = entries.iter().map(|(t, h)| (t.to_string(), *h)).collect();
+        assert_eq!(got, vec![(A.to_string(), 3), (B.to_string(), 5)]);
+        assert!(confirmed_entries(&raw(json!([]))).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_height_no_block_can_have_is_refused_not_taken_for_unconfirmed() {
+        let h = raw(json!([{"height": 1u64 << 40, "tx_hash": A}]));
+        assert!(confirmed_entries(&h).is_err());
+        assert!(confirmed_entries(&raw(json!({"not": "a history"}))).is_err());
     }
 }

@@ -463,6 +463,11 @@ impl Call<'_> {
             Some(v) if !v.is_null() => Some(height_param(Some(v), "height")?),
             _ => None,
         };
+        if self.faults.no_merkle {
+            return Err(RpcError::bad_request(format!(
+                "tx {txid} is not in a block"
+            )));
+        }
         let view = self.view();
         if self.faults.fake_confirmed && txid.to_string() == FAKE_CONFIRMED_TXID {
             // A branch of the right length for the block, made up: it folds to another root.
