@@ -152,6 +152,44 @@ async fn an_upstream_that_refuses_proofs_cannot_get_honest_histories_refused() {
 }
 
 #[tokio::test]
+async fn two_colluding_watchers_cannot_win_an_arbitration_with_an_invented_entry() {
+    // Where a liar and the honest upstream watch an address, they announce different
+    // statuses; the arbitration that follows asks the set and the upstream that steps in, where
+    // the two liars are the majority. The history they agree on must be proven first: it is
+    // not, so they are penalised, and the honest watcher is neither penalised nor replaced.
+    let net = Net::start(&[
+        "127.0.0.1:0,fake-confirmed",
+        "127.0.0.1:0,fake-confirmed",
+        "127.0.0.1:0",
+    ])
+    .await;
+    net.wait_in_step(3).await;
+    let mut w = net.wallet().await;
+    for a in ADDRESSES.iter() {
+        // The replies may wait for the watchers to agree; the penalties are what is watched.
+        let _ = w
+            .send("blockchain.scripthash.subscribe", json!([a.scripthash]))
+            .await;
+    }
+    let gw = &net.gw;
+    // An arbitration decides: against the liars (unproven) or, were the history not proven,
+    // against the honest watcher (a mismatch).
+    net.until("an arbitration", || {
+        let c = gw.snapshot().counters;
+        c.failures_of(Reason::UnprovenHistory) + c.failures_of(Reason::HistoryMismatch) > 0
+    })
+    .await;
+    let snap = gw.snapshot();
+    assert_eq!(
+        snap.counters.failures_of(Reason::HistoryMismatch),
+        0,
+        "the honest watcher lost an arbitration to an unproven history"
+    );
+    assert!(snap.counters.failures_of(Reason::UnprovenHistory) > 0);
+    assert!(!snap.upstreams[2].standing.sitting_out());
+}
+
+#[tokio::test]
 async fn without_proofs_two_colluding_upstreams_decide_a_history() {
     // What `prove_history = false` trusts: the same two liars win the vote with the invented
     // payment wherever they are the scripthash's set.

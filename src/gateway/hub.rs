@@ -15,14 +15,14 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::pool::Pool;
 use super::privacy::Set;
-use super::router::unavailable;
+use super::router::{unavailable, Refusal};
 use super::upstream::Upstream;
 use crate::chain::{parse_history, status_hash};
 use crate::client::{Client, ClientError, Subscription};
@@ -79,6 +79,19 @@ struct Entry {
     closed: Notify,
 }
 
+/// Proves the confirmed entries of a history (the gateway's services, under `[verify]
+/// prove_history`): the history an arbitration between watchers would apply must pass it.
+pub trait HistoryProver: Send + Sync {
+    /// Proves every confirmed entry of `raw`, a history of `scripthash`, asking only its `set`
+    /// (and the upstream that steps in for it).
+    fn prove_history<'a>(
+        &'a self,
+        scripthash: &'a str,
+        set: Set,
+        raw: &'a serde_json::value::RawValue,
+    ) -> futures::future::BoxFuture<'a, Result<(), Refusal>>;
+}
+
 /// The subscription hub.
 pub struct Hub {
     pool: Arc<Pool>,
@@ -90,6 +103,8 @@ pub struct Hub {
     pub notifications: AtomicU64,
     subscribe_timeout: Duration,
     verify_statuses: bool,
+    /// Set once the services exist, when histories are proven.
+    prover: OnceLock<Weak<dyn HistoryProver>>,
 }
 
 fn key_of(sh: &str) -> u64 {
@@ -119,7 +134,13 @@ impl Hub {
             notifications: AtomicU64::new(0),
             subscribe_timeout,
             verify_statuses,
+            prover: OnceLock::new(),
         })
+    }
+
+    /// Has arbitrations prove the history they would apply ([`HistoryProver`]).
+    pub fn set_prover(&self, prover: Weak<dyn HistoryProver>) {
+        let _ = self.prover.set(prover);
     }
 
     /// Distinct scripthashes subscribed by at least one session.
@@ -643,10 +664,16 @@ impl Hub {
         let mut by_status: Vec<(Value, Vec<usize>)> = Vec::new();
         // Each upstream's confirmed history, to tell a lie from a mempool that is behind.
         let mut confirmed: HashMap<usize, (Vec<crate::chain::HistoryEntry>, u32)> = HashMap::new();
+        // Each answering upstream and its history as given (to prove the winner's).
+        let mut given = HashMap::new();
         for (up, res) in asked {
-            let Some(history) = res.ok().and_then(|raw| parse_history(raw.get()).ok()) else {
+            let Ok(raw) = res else {
                 continue;
             };
+            let Ok(history) = parse_history(raw.get()) else {
+                continue;
+            };
+            given.insert(up.id, (up.clone(), raw));
             let tip = up.tip().map_or(0, |t| t.height);
             confirmed.insert(
                 up.id,
@@ -667,6 +694,27 @@ impl Hub {
             tracing::warn!("upstreams disagree on a status and no two agree; asking again");
             return;
         };
+        // Two upstreams that agree could still be two liars: the history they agree on must be
+        // proven before its status reaches wallets or the other side is penalised.
+        let prover = self.prover.get().and_then(Weak::upgrade);
+        let winning = agreeing.first().and_then(|id| given.get(id));
+        if let (Some(prover), Some((_, raw))) = (prover, winning) {
+            if let Err(refusal) = prover
+                .prove_history(&entry.scripthash, entry.set, raw)
+                .await
+            {
+                if let Some(reason) = refusal.blame {
+                    for (up, _) in agreeing.iter().filter_map(|id| given.get(id)) {
+                        self.pool.penalize(up, reason);
+                    }
+                }
+                tracing::warn!(
+                    "the status most upstreams agree on has a history that was not proven; \
+                     asking again"
+                );
+                return;
+            }
+        }
         let mut i = 0;
         while i < watchers.len() {
             let w = &watchers[i];

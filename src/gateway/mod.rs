@@ -90,6 +90,11 @@ impl Gateway {
             shutdown.clone(),
         )?;
         let core = Arc::new(Core::new(cfg.clone(), pool.clone(), metrics, shutdown));
+        if cfg.verify.prove_history {
+            let as_prover: Arc<dyn hub::HistoryProver> = core.clone();
+            let prover = Arc::downgrade(&as_prover);
+            core.hub.set_prover(prover);
+        }
         pool.start();
         let mut gw = Gateway {
             core: core.clone(),

@@ -293,6 +293,22 @@ impl Confirm for HistoryProof<'_> {
     }
 }
 
+impl super::hub::HistoryProver for Core {
+    fn prove_history<'a>(
+        &'a self,
+        scripthash: &'a str,
+        set: Set,
+        raw: &'a RawValue,
+    ) -> futures::future::BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            let set = (!set.is_empty()).then_some(set);
+            HistoryProof::new(self, scripthash, set, false)
+                .prove_all(raw)
+                .await
+        })
+    }
+}
+
 impl Core {
     /// Assembles the services over a pool.
     pub fn new(
