@@ -21,6 +21,9 @@
 #             of growth and reports how far it got
 #   fanout    FANOUT_WALLETS (10,000) wallets subscribed to headers: block to notification
 #   failover  the upstream in use is killed under load
+#   privacy   the cost of `[privacy] mode = "spread"` (the default) against `off`: gateways
+#             with the default policies, get_balance and the mix at 16 x 8, get_balance 1 x 1,
+#             and WALLETS wallets subscribing to SUBS scripthashes
 #   electrumx three real ElectrumX (.venv, see .ci/run) fed by a simulated bitcoind:
 #             EX_WALLETS (200) wallets x 5 subscriptions and cache-hit transaction reads,
 #             gateway against one ElectrumX (examples/electrumx_bench.rs)
@@ -48,7 +51,7 @@ MILLION_LIMIT=${MILLION_LIMIT:-600}
 MILLION_RSS_CAP_MIB=${MILLION_RSS_CAP_MIB:-4096}
 FANOUT_WALLETS=${FANOUT_WALLETS:-10000}
 EX_WALLETS=${EX_WALLETS:-200}
-PHASES=${PHASES:-load fifty wallets million fanout failover electrumx}
+PHASES=${PHASES:-load fifty wallets million fanout failover privacy electrumx}
 OUT=${OUT:-$ROOT/bench/RESULTS.md}
 export RUST_BACKTRACE=0 RUST_LOG=${RUST_LOG:-warn}
 
@@ -162,6 +165,7 @@ start_haproxy() { # NAME PORT BALANCE BACKEND_PORT...
 }
 
 start_gateway() { # NAME PORT POLICY BACKEND_PORT... ; POLICY fastest, quorum or default
+  # GW_PRIVACY (environment of the call): the gateway's `[privacy] mode`; its default if unset.
   local name=$1 port=$2 policy=$3
   shift 3
   local servers=""
@@ -183,6 +187,16 @@ start_gateway() { # NAME PORT POLICY BACKEND_PORT... ; POLICY fastest, quorum or
     echo "reconnect_initial_secs = 0.2"
     echo "[limits]"
     echo "max_sessions = $MAX_SESSIONS"
+    # Every simulated wallet connects from 127.0.0.1: one client as far as the per-client
+    # limits go, so they are lifted to the gateway-wide ones and the rate limit is off.
+    echo "max_sessions_per_client = $MAX_SESSIONS"
+    echo "client_rate = 0.0"
+    echo "max_subscriptions_per_client = 100000000"
+    echo "max_subscriptions = 100000000"
+    if [ -n "${GW_PRIVACY:-}" ]; then
+      echo "[privacy]"
+      echo "mode = \"$GW_PRIVACY\""
+    fi
     # `fastest`: every read to the best upstream (the defaults vote on scripthash reads);
     # `quorum`: every upstream read asks all three upstreams. Headers are served from the
     # gateway's verified chain either way.
@@ -318,6 +332,30 @@ for t in direct haproxy gateway; do
     --subscriptions "$SUBS" --pipeline 10 --rounds 5
   stop "${pids[@]}"
 done
+done
+fi
+
+# ---- 2a. the cost of privacy ------------------------------------------------------------------
+
+if phase privacy; then
+echo "== privacy: spread against off" >&2
+for r in $(seq "$REPS"); do
+  for mode in off spread; do
+    start_sim sim-p "${SIM_PORTS[@]}"
+    sim=$LAST_PID
+    GW_PRIVACY=$mode start_gateway gw-p-$mode $((P + 200)) default "${SIM_PORTS[@]}"
+    gw=$LAST_PID
+    url="tcp://127.0.0.1:$((P + 200))"
+    for m in blockchain.scripthash.get_balance mix; do
+      bench "priv-$mode-$m@$r" --server "$url" --pid "$gw" --connections 16 --pipeline 8 \
+        --duration "$DUR" --warmup 0.5 --method "$m"
+    done
+    bench "privlat-$mode@$r" --server "$url" --pid "$gw" --connections 1 --pipeline 1 \
+      --duration 2 --warmup 0.5 --method blockchain.scripthash.get_balance
+    bench "privsubs-$mode@$r" --scenario subscriptions --server "$url" --pid "$gw" \
+      --connections "$WALLETS" --subscriptions "$SUBS" --pipeline 10
+    stop "$gw" "$sim"
+  done
 done
 fi
 
@@ -562,6 +600,28 @@ kib() { awk -v b="$1" 'BEGIN { if (b == "-") print "-"; else printf "%.1f", b / 
 } >"$GOALS"
 cat "$GOALS"
 
+PRIVACY=$WORK/privacy.md
+{
+  echo "## The cost of privacy"
+  echo
+  echo "Gateways with the default policies (scripthash reads voted) in front of the three"
+  echo "endpoints, \`[privacy] mode = \"spread\"\` (the default) against \`off\`; medians of $REPS."
+  echo
+  echo "| measurement | off | spread | spread / off |"
+  echo "|---|---:|---:|---:|"
+  for m in blockchain.scripthash.get_balance mix; do
+    o=$(j "priv-off-$m" .rps) s=$(j "priv-spread-$m" .rps)
+    echo "| $(short "$m"), 16 x 8: req/s | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
+    o=$(j "priv-off-$m" .cpu_us_per_request) s=$(j "priv-spread-$m" .cpu_us_per_request)
+    echo "| $(short "$m"): CPU per answer (us) | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
+  done
+  o=$(j privlat-off .latency_us.p50) s=$(j privlat-spread .latency_us.p50)
+  echo "| get_balance, 1 x 1: latency p50 (us) | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
+  o=$(j privsubs-off '.subscribe_s * 1000') s=$(j privsubs-spread '.subscribe_s * 1000')
+  echo "| $WALLETS wallets subscribe to $SUBS scripthashes: ms | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
+} >"$PRIVACY"
+cat "$PRIVACY"
+
 cpu=$(awk -F: '/model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
 mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 {
@@ -588,6 +648,8 @@ mem=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "fan-out at $FANOUT_WALLETS and ElectrumX rows; medians of $REPS otherwise)."
   echo
   cat "$GOALS"
+  echo
+  cat "$PRIVACY"
   echo
   # Hand-kept: the figures before and after each change, each pair from one run.
   if [ -f "$ROOT/bench/CHANGES.md" ]; then cat "$ROOT/bench/CHANGES.md"; echo; fi

@@ -46,13 +46,17 @@ pub enum PrivacyMode {
     /// gateway does for it stays inside that set. A wallet's scripthashes are balanced over
     /// the sets, so each upstream sees about `set / upstreams` of a wallet.
     Spread,
+    /// As `spread`, and each wallet connection talks to the upstreams over connections of its
+    /// own (through its own Tor circuit when a SOCKS5 proxy is set), so no upstream can link
+    /// two wallets by the connection their requests arrive on.
+    Isolated,
 }
 
 /// Privacy settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// `spread` (default) or `off`.
+    /// `spread` (default), `isolated` or `off`.
     pub mode: PrivacyMode,
 }
 
@@ -132,6 +136,10 @@ pub struct ListenConfig {
     /// PROXY protocol header (v1 or v2) before each wallet connection; a connection from one
     /// of them must start with a header. Empty: PROXY protocol off.
     pub proxy_protocol_from: Vec<String>,
+    /// Browser origins (`scheme://host[:port]`) allowed to open a WebSocket connection;
+    /// `"*"` allows any. A handshake without an `Origin` header (not a browser) is always
+    /// allowed; one with an origin not listed is refused with HTTP 403.
+    pub ws_origins: Vec<String>,
 }
 
 /// Upstream servers and how to reach them.
@@ -186,8 +194,26 @@ pub struct LimitsConfig {
     pub request_timeout_secs: f64,
     /// A session that sends nothing for this long is closed, seconds.
     pub idle_timeout_secs: f64,
-    /// Most wallet sessions at once; further connections are closed at once.
+    /// Most wallet sessions at once, counting connections still in their TLS or WebSocket
+    /// handshake; further connections are closed at once.
     pub max_sessions: usize,
+    /// Most connections (sessions and handshakes) from one client address (IPv6: one /64).
+    pub max_sessions_per_client: usize,
+    /// Cost units a client address earns per second (a plain request costs 1; an answer costs
+    /// one more per [`crate::gateway::limits::BYTES_PER_COST`] bytes). 0: no rate limit.
+    pub client_rate: f64,
+    /// Cost units a client address may spend at once (the token bucket's size).
+    pub client_burst: f64,
+    /// Scripthash subscriptions one client address may hold over all its connections.
+    pub max_subscriptions_per_client: usize,
+    /// Distinct scripthashes the gateway subscribes to upstream, over all wallets.
+    pub max_subscriptions: usize,
+    /// Most requests in one batch; a longer batch gets one error.
+    pub max_batch: usize,
+    /// Most bytes of answers one batch collects; reads answered past it get an error instead.
+    pub max_batch_answer_bytes: usize,
+    /// Over-limit errors in a row after which a connection is closed for abuse.
+    pub abuse_strikes: u32,
 }
 
 /// Routing settings.
@@ -253,6 +279,7 @@ impl Default for ListenConfig {
             admin_token: String::new(),
             drain_secs: 10.0,
             proxy_protocol_from: Vec::new(),
+            ws_origins: Vec::new(),
         }
     }
 }
@@ -263,7 +290,7 @@ impl Default for UpstreamConfig {
             servers: Vec::new(),
             server_list: String::new(),
             use_server_list: true,
-            active: 3,
+            active: 6,
             connections_per_upstream: 1,
             proxy: String::new(),
             tls_verify: "pin".into(),
@@ -287,6 +314,14 @@ impl Default for LimitsConfig {
             request_timeout_secs: 30.0,
             idle_timeout_secs: 600.0,
             max_sessions: 4096,
+            max_sessions_per_client: 64,
+            client_rate: 200.0,
+            client_burst: 50_000.0,
+            max_subscriptions_per_client: 50_000,
+            max_subscriptions: 100_000,
+            max_batch: 1000,
+            max_batch_answer_bytes: 16_000_000,
+            abuse_strikes: 10,
         }
     }
 }
@@ -383,6 +418,42 @@ impl Config {
         }
         if self.limits.max_sessions == 0 {
             anyhow::bail!("limits.max_sessions must be at least 1");
+        }
+        for (name, v) in [
+            (
+                "limits.max_sessions_per_client",
+                self.limits.max_sessions_per_client,
+            ),
+            (
+                "limits.max_subscriptions_per_client",
+                self.limits.max_subscriptions_per_client,
+            ),
+            ("limits.max_subscriptions", self.limits.max_subscriptions),
+            ("limits.max_batch", self.limits.max_batch),
+            (
+                "limits.max_batch_answer_bytes",
+                self.limits.max_batch_answer_bytes,
+            ),
+            ("limits.abuse_strikes", self.limits.abuse_strikes as usize),
+        ] {
+            if v == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        let (rate, burst) = (self.limits.client_rate, self.limits.client_burst);
+        if !(rate.is_finite() && rate >= 0.0) {
+            anyhow::bail!("limits.client_rate = {rate}: must be 0 (off) or a positive number");
+        }
+        if rate > 0.0 && !(burst.is_finite() && burst >= 1.0) {
+            anyhow::bail!("limits.client_burst = {burst}: must be at least 1");
+        }
+        for origin in &self.listen.ws_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                anyhow::bail!(
+                    "listen.ws_origins: {origin:?} is not an origin (http://host[:port], \
+                     https://host[:port] or \"*\")"
+                );
+            }
         }
         let positive = [
             (
@@ -492,6 +563,19 @@ mod tests {
             d.upstreams.allow_same_subnet
         );
         assert_eq!(cfg.limits.max_line_bytes, d.limits.max_line_bytes);
+        let (l, dl) = (&cfg.limits, &d.limits);
+        assert_eq!(l.max_sessions_per_client, dl.max_sessions_per_client);
+        assert_eq!(l.client_rate, dl.client_rate);
+        assert_eq!(l.client_burst, dl.client_burst);
+        assert_eq!(
+            l.max_subscriptions_per_client,
+            dl.max_subscriptions_per_client
+        );
+        assert_eq!(l.max_subscriptions, dl.max_subscriptions);
+        assert_eq!(l.max_batch, dl.max_batch);
+        assert_eq!(l.max_batch_answer_bytes, dl.max_batch_answer_bytes);
+        assert_eq!(l.abuse_strikes, dl.abuse_strikes);
+        assert_eq!(cfg.listen.ws_origins, d.listen.ws_origins);
         assert_eq!(cfg.listen.drain_secs, d.listen.drain_secs);
         assert_eq!(cfg.listen.proxy_protocol_from, d.listen.proxy_protocol_from);
     }
@@ -530,6 +614,15 @@ mod tests {
             "[routing]\nquorum = 0",
             "[limits]\nrequest_timeout_secs = 0",
             "[limits]\nmax_sessions = 0",
+            "[limits]\nmax_sessions_per_client = 0",
+            "[limits]\nmax_subscriptions_per_client = 0",
+            "[limits]\nmax_subscriptions = 0",
+            "[limits]\nmax_batch = 0",
+            "[limits]\nmax_batch_answer_bytes = 0",
+            "[limits]\nabuse_strikes = 0",
+            "[limits]\nclient_rate = -1.0",
+            "[limits]\nclient_burst = 0.5",
+            "[listen]\nws_origins = [\"evil.example\"]",
             "[upstreams]\nreconnect_initial_secs = 0",
             "[upstreams]\nrequest_timeout_secs = -1",
             "[upstreams]\nreconnect_initial_secs = 10\nreconnect_max_secs = 1",

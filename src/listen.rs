@@ -167,6 +167,19 @@ impl TlsIdentity {
     }
 }
 
+/// Something held for a connection from TCP accept on (a slot counted against a server's
+/// connection limit, released when dropped). [`Listener::accept_permitted`] hands it over
+/// with the connection.
+pub type Permit = Box<dyn std::any::Any + Send + Sync>;
+
+/// Decides at TCP accept, before any handshake, whether a connection may proceed: a
+/// [`Permit`] to hold while it lives, or None to close it at once.
+pub type Admission = Arc<dyn Fn(SocketAddr) -> Option<Permit> + Send + Sync>;
+
+/// Told why the listener refused a connection: `"handshakes"` (more than `max_handshakes`
+/// in progress) or `"origin"` (a WebSocket origin not allowed).
+pub type OnRefused = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// How a [`Listener`] treats its connections.
 #[derive(Clone)]
 pub struct ListenOptions {
@@ -179,6 +192,17 @@ pub struct ListenOptions {
     /// Balancers whose connections start with a PROXY protocol header naming the client
     /// ([`crate::proxy_protocol`]); none by default.
     pub proxy_sources: Arc<ProxySources>,
+    /// Most handshakes in progress at once on this listener; a connection beyond it is
+    /// closed at once.
+    pub max_handshakes: usize,
+    /// Asked at TCP accept; None admits every connection (up to `max_handshakes`).
+    pub admission: Option<Admission>,
+    /// Browser origins allowed to open a WebSocket (`"*"`: any). A WebSocket handshake that
+    /// carries an `Origin` header not listed is refused with HTTP 403; one without an
+    /// `Origin` header (not a browser) is allowed.
+    pub ws_origins: Arc<Vec<String>>,
+    /// Called for each connection the listener refuses itself (for counting).
+    pub on_refused: Option<OnRefused>,
 }
 
 impl Default for ListenOptions {
@@ -188,6 +212,23 @@ impl Default for ListenOptions {
             tls: None,
             handshake_timeout: Duration::from_secs(10),
             proxy_sources: Arc::default(),
+            max_handshakes: 1024,
+            admission: None,
+            ws_origins: Arc::new(Vec::new()),
+            on_refused: None,
+        }
+    }
+}
+
+/// True when a WebSocket handshake with this `Origin` header (None: no header) may proceed.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    match origin {
+        None => true,
+        Some(o) => {
+            let o = o.trim().trim_end_matches('/');
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o))
         }
     }
 }
@@ -199,11 +240,15 @@ impl std::fmt::Debug for ListenOptions {
             .field("tls", &self.tls.is_some())
             .field("handshake_timeout", &self.handshake_timeout)
             .field("proxy_sources", &self.proxy_sources)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("admission", &self.admission.is_some())
+            .field("ws_origins", &self.ws_origins)
+            .field("on_refused", &self.on_refused.is_some())
             .finish()
     }
 }
 
-type Accepted = Option<(Framed, SocketAddr)>;
+type Accepted = Option<(Framed, SocketAddr, Option<Permit>)>;
 
 /// A bound listener yielding framed connections.
 pub struct Listener {
@@ -265,24 +310,50 @@ impl Listener {
     /// logged at debug level and skipped; this never returns an error, so a server's accept
     /// loop cannot be stopped by a misbehaving client. Cancel-safe.
     pub async fn accept(&mut self) -> (Framed, SocketAddr) {
+        let (framed, peer, _) = self.accept_permitted().await;
+        (framed, peer)
+    }
+
+    /// Like [`Listener::accept`], with the [`Permit`] the admission gave the connection at
+    /// TCP accept (None without an admission), for the caller to hold while it serves it.
+    /// A connection the admission refuses, or past `max_handshakes`, is closed at once.
+    pub async fn accept_permitted(&mut self) -> (Framed, SocketAddr, Option<Permit>) {
         loop {
             tokio::select! {
                 r = self.tcp.accept() => match r {
                     Ok((mut stream, peer)) => {
+                        if self.pending.len() >= self.options.max_handshakes {
+                            tracing::debug!(%peer, "too many handshakes in progress; closing");
+                            if let Some(refused) = &self.options.on_refused {
+                                refused("handshakes");
+                            }
+                            continue;
+                        }
+                        let permit = match &self.options.admission {
+                            Some(admit) => match admit(peer) {
+                                Some(p) => Some(p),
+                                None => continue,
+                            },
+                            None => None,
+                        };
                         let _ = stream.set_nodelay(true);
                         let proxy = self.options.proxy_sources.clone();
                         let scheme = self.scheme;
                         let tls = self.tls.clone();
                         let max = self.options.max_message;
+                        let origins = self.options.ws_origins.clone();
+                        let refused = self.options.on_refused.clone();
                         let timeout = self.options.handshake_timeout;
                         self.pending.spawn(async move {
                             // Behind a balancer, the client's address comes first.
                             let accepted = async {
                                 let client = proxy.client_address(&mut stream, peer).await?;
-                                Ok::<_, io::Error>((handshake(stream, scheme, tls, max).await?, client))
+                                let framed =
+                                    handshake(stream, scheme, tls, max, origins, refused).await?;
+                                Ok::<_, io::Error>((framed, client))
                             };
                             match tokio::time::timeout(timeout, accepted).await {
-                                Ok(Ok(conn)) => Some(conn),
+                                Ok(Ok((framed, client))) => Some((framed, client, permit)),
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "handshake failed");
                                     None
@@ -311,11 +382,46 @@ impl Listener {
     }
 }
 
+/// The WebSocket handshake callback: refuses a browser origin not allowed with HTTP 403.
+// The callback's error type is tungstenite's HTTP response, as its `Callback` trait requires.
+#[allow(clippy::result_large_err)]
+fn check_origin(
+    origins: Arc<Vec<String>>,
+    refused: Option<OnRefused>,
+) -> impl FnOnce(
+    &tokio_tungstenite::tungstenite::handshake::server::Request,
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> + Unpin {
+    move |req, resp| {
+        let origin = req
+            .headers()
+            .get("origin")
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        if origin_allowed(origin, &origins) {
+            return Ok(resp);
+        }
+        tracing::debug!(origin = ?origin, "WebSocket origin not allowed");
+        if let Some(refused) = &refused {
+            refused("origin");
+        }
+        let mut refusal = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+            Some("origin not allowed; see [listen] ws_origins".to_string()),
+        );
+        *refusal.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::FORBIDDEN;
+        Err(refusal)
+    }
+}
+
 async fn handshake(
     stream: TcpStream,
     scheme: Scheme,
     tls: Option<TlsAcceptor>,
     max: usize,
+    origins: Arc<Vec<String>>,
+    refused: Option<OnRefused>,
 ) -> io::Result<Framed> {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     let ws_config = || {
@@ -331,17 +437,25 @@ async fn handshake(
     match (scheme, tls) {
         (Scheme::Tcp, _) => Ok(frame_tcp_small(stream, max)),
         (Scheme::Ws, _) => {
-            let ws = tokio_tungstenite::accept_async_with_config(stream, ws_config())
-                .await
-                .map_err(ws_err)?;
+            let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                stream,
+                check_origin(origins, refused),
+                ws_config(),
+            )
+            .await
+            .map_err(ws_err)?;
             Ok(frame_ws(ws, max))
         }
         (Scheme::Ssl, Some(acceptor)) => Ok(frame_lines_small(acceptor.accept(stream).await?, max)),
         (Scheme::Wss, Some(acceptor)) => {
             let tls = acceptor.accept(stream).await?;
-            let ws = tokio_tungstenite::accept_async_with_config(tls, ws_config())
-                .await
-                .map_err(ws_err)?;
+            let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                tls,
+                check_origin(origins, refused),
+                ws_config(),
+            )
+            .await
+            .map_err(ws_err)?;
             Ok(frame_ws(ws, max))
         }
         (_, None) => Err(io::Error::new(
@@ -420,6 +534,19 @@ mod tests {
         assert!(TlsIdentity::from_pem(a.cert_pem(), "junk").is_err());
         std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
         assert!(TlsIdentity::load_or_generate(dir.path()).is_err());
+    }
+
+    #[test]
+    fn origins_are_matched_exactly_and_no_origin_is_allowed() {
+        let none: Vec<String> = Vec::new();
+        assert!(origin_allowed(None, &none));
+        assert!(!origin_allowed(Some("https://evil.example"), &none));
+        let some = vec!["https://wallet.example".to_string()];
+        assert!(origin_allowed(Some("https://Wallet.example"), &some));
+        assert!(origin_allowed(Some("https://wallet.example/"), &some));
+        assert!(!origin_allowed(Some("https://wallet.example.evil"), &some));
+        assert!(!origin_allowed(Some("null"), &some));
+        assert!(origin_allowed(Some("null"), &["*".to_string()]));
     }
 
     #[tokio::test]

@@ -161,7 +161,8 @@ async fn batches_are_answered_whole() {
 
 #[tokio::test]
 async fn hundreds_of_wallets_share_upstream_subscriptions() {
-    let net = Net::start(&THREE).await;
+    // Two hundred users, all on 127.0.0.1 here.
+    let net = Net::start_with(&THREE, |c| c.limits.max_sessions_per_client = 1000).await;
     let n_wallets = 200;
     let addr = net.addr();
     let sim = net.sim.clone();

@@ -108,9 +108,10 @@ impl Exposure {
 
     fn report(&self, mode: &str) {
         eprintln!(
-            "privacy {mode}: {WALLETS} wallets x {ADDRESSES} addresses over {UPSTREAMS} \
+            "privacy {mode}: {} wallets x {ADDRESSES} addresses over {UPSTREAMS} \
              upstreams: the most one upstream saw of a wallet: mean {:.2}, max {:.2}; \
              scripthashes each upstream saw: {:?}",
+            self.worst_share.len(),
             self.mean(),
             self.max(),
             self.per_upstream
@@ -121,6 +122,9 @@ impl Exposure {
 async fn run(mode: PrivacyMode) -> (Net, Exposure) {
     let net = Net::start_with(&["127.0.0.1:0"; UPSTREAMS], |cfg| {
         cfg.privacy.mode = mode;
+        // Every wallet connects from 127.0.0.1: one client for the per-client limits.
+        cfg.limits.max_sessions_per_client = 1000;
+        cfg.limits.client_rate = 0.0;
     })
     .await;
     net.wait_in_step(UPSTREAMS).await;
@@ -174,4 +178,148 @@ async fn with_privacy_off_the_best_upstreams_see_nearly_every_address() {
     off.report("off");
     // What `spread` prevents: some upstream saw well over half of most wallets.
     assert!(off.mean() > 0.5, "mean worst share {:.2}", off.mean());
+}
+
+/// A SOCKS5 proxy that accepts any user name and password (as Tor does, taking each user name
+/// as a request for a circuit of its own) and records the user names it was given.
+async fn recording_socks5() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let users = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = users.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 2];
+                s.read_exact(&mut head).await.ok()?;
+                let mut methods = vec![0u8; usize::from(head[1])];
+                s.read_exact(&mut methods).await.ok()?;
+                let user = if methods.contains(&2) {
+                    s.write_all(&[5, 2]).await.ok()?;
+                    let mut ver_len = [0u8; 2];
+                    s.read_exact(&mut ver_len).await.ok()?;
+                    let mut name = vec![0u8; usize::from(ver_len[1])];
+                    s.read_exact(&mut name).await.ok()?;
+                    let mut plen = [0u8; 1];
+                    s.read_exact(&mut plen).await.ok()?;
+                    let mut pass = vec![0u8; usize::from(plen[0])];
+                    s.read_exact(&mut pass).await.ok()?;
+                    s.write_all(&[1, 0]).await.ok()?;
+                    String::from_utf8_lossy(&name).to_string()
+                } else {
+                    s.write_all(&[5, 0]).await.ok()?;
+                    String::new()
+                };
+                let mut req = [0u8; 4];
+                s.read_exact(&mut req).await.ok()?;
+                let host = match req[3] {
+                    1 => {
+                        let mut ip = [0u8; 4];
+                        s.read_exact(&mut ip).await.ok()?;
+                        std::net::Ipv4Addr::from(ip).to_string()
+                    }
+                    3 => {
+                        let mut len = [0u8; 1];
+                        s.read_exact(&mut len).await.ok()?;
+                        let mut name = vec![0u8; usize::from(len[0])];
+                        s.read_exact(&mut name).await.ok()?;
+                        String::from_utf8_lossy(&name).to_string()
+                    }
+                    _ => return None,
+                };
+                let mut port = [0u8; 2];
+                s.read_exact(&mut port).await.ok()?;
+                let port = u16::from_be_bytes(port);
+                let mut up = tokio::net::TcpStream::connect((host.as_str(), port))
+                    .await
+                    .ok()?;
+                s.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await.ok()?;
+                seen.lock().unwrap().push(user);
+                tokio::io::copy_bidirectional(&mut s, &mut up).await.ok()?;
+                Some(())
+            });
+        }
+    });
+    (addr, users)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_isolated_no_upstream_connection_carries_two_wallets() {
+    const N: usize = 20;
+    let (proxy, users) = recording_socks5().await;
+    let net = Net::start_with(&["127.0.0.1:0"; UPSTREAMS], |cfg| {
+        cfg.privacy.mode = PrivacyMode::Isolated;
+        cfg.upstreams.proxy = format!("socks5://{proxy}");
+        cfg.limits.max_sessions_per_client = 1000;
+        cfg.limits.client_rate = 0.0;
+    })
+    .await;
+    net.wait_in_step(UPSTREAMS).await;
+    let wallets: Vec<Vec<String>> = wallets().into_iter().take(N).collect();
+    let mut open = Vec::new();
+    for shs in &wallets {
+        let mut w = sync(&net, shs).await;
+        // A transaction read too: it goes over the wallet's own connections as well.
+        let txid = net.sim.block_txids(1).unwrap()[0].to_string();
+        w.call("blockchain.transaction.get", json!([txid])).await;
+        open.push(w);
+    }
+    // Seen from the upstreams: every connection's scripthashes belong to one wallet.
+    let owner: std::collections::HashMap<&String, usize> = wallets
+        .iter()
+        .enumerate()
+        .flat_map(|(i, shs)| shs.iter().map(move |sh| (sh, i)))
+        .collect();
+    let mut carrying = 0;
+    for e in 0..UPSTREAMS {
+        for conn in net.sim.asked_by_connection(e) {
+            let of: BTreeSet<usize> = conn
+                .iter()
+                .filter_map(|sh| owner.get(sh).copied())
+                .collect();
+            assert!(
+                of.len() <= 1,
+                "an upstream connection carried wallets {of:?}"
+            );
+            carrying += usize::from(of.len() == 1);
+        }
+    }
+    assert!(
+        carrying >= N,
+        "each wallet's scripthashes went over its own connections"
+    );
+    // Sets still keep each upstream to its share of a wallet.
+    let exposure = Exposure::measure(&net, &wallets);
+    exposure.report("isolated");
+    assert!(exposure.max() <= 0.5);
+    // Each wallet's connections asked the proxy for circuits of their own: one user name per
+    // wallet, besides the pool's own connections (no user name).
+    let names: BTreeSet<String> = users
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
+    assert_eq!(
+        names.len(),
+        N,
+        "one circuit per wallet connection: {names:?}"
+    );
+    // A wallet's connections close with it.
+    drop(open);
+    let gw = &net.gw;
+    net.until("the wallets' upstream connections closed", || {
+        (0..UPSTREAMS)
+            .map(|e| net.sim.connections(e))
+            .sum::<usize>()
+            == UPSTREAMS
+            && gw.snapshot().sessions == 0
+    })
+    .await;
 }

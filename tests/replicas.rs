@@ -305,8 +305,12 @@ fn replica_config(upstreams: &[String], tcp: &str, http: &str) -> String {
         tcp,
         http,
         "proxy_protocol_from = [\"127.0.0.1/32\"]\ndrain_secs = 10",
-    )
+    ) + &format!("[limits]\nmax_sessions_per_client = {PER_CLIENT}\n")
 }
+
+/// Connections one client address may hold on a replica: two, so that a wallet reconnecting
+/// while its old connection closes is not refused.
+const PER_CLIENT: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs haproxy (Debian package haproxy)"]
@@ -457,4 +461,20 @@ async fn replicas_behind_haproxy_survive_a_drain_and_a_kill() {
         let n = c.status_change(ADDRESSES[i].scripthash).await;
         assert!(n["params"][1].is_string(), "{n}");
     }
+
+    // (d) Per-client limits count the wallet's own address, not HAProxy's (every connection
+    // reaches the replica from 127.0.0.1): wallet 0 holds one connection; its second is
+    // served, its third refused, while a wallet at another address is still served.
+    let mut second = session(&ips[0], proxy.front, ADDRESSES[0].scripthash, &tally).await;
+    let mut third = Conn::open(&ips[0], proxy.front).await.expect("connect");
+    let refusal = third.read().await.expect("an error before the close");
+    assert_eq!(refusal["error"]["code"], json!(-101), "{refusal}");
+    third.closed().await;
+    let mut other = Conn::open("127.0.0.20", proxy.front)
+        .await
+        .expect("connect");
+    let pong = other.call("server.ping", json!([])).await.expect("served");
+    assert!(pong.get("error").is_none(), "{pong}");
+    let pong = second.call("server.ping", json!([])).await.expect("served");
+    assert!(pong.get("error").is_none(), "{pong}");
 }

@@ -303,6 +303,15 @@ async fn wallet(
     }
 }
 
+/// Every soak wallet connects from 127.0.0.1, one client as far as the per-client limits go:
+/// they are lifted to the gateway-wide ones, and the rate limit is off.
+fn lift_client_limits(cfg: &mut electrum_gateway::config::Config) {
+    cfg.limits.max_sessions = 4 * WALLETS;
+    cfg.limits.max_sessions_per_client = 4 * WALLETS;
+    cfg.limits.client_rate = 0.0;
+    cfg.limits.max_subscriptions_per_client = 10 * WALLETS * PER_WALLET;
+}
+
 /// This process's resident memory, KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -347,10 +356,7 @@ async fn wallets_keep_reading_while_each_electrumx_is_killed_and_a_block_is_reor
     let bin = electrumx::binary();
     let scripts = soak_scripts();
     let shs: Vec<String> = scripts.iter().map(|s| script_hash_of_script(s)).collect();
-    let mut net = net::Interop::start(&bin, |cfg| {
-        cfg.limits.max_sessions = 4 * WALLETS;
-    })
-    .await;
+    let mut net = net::Interop::start(&bin, lift_client_limits).await;
     let expected = |net: &net::Interop| -> Statuses {
         Expected::compute(&net.btc.snapshot(), &shs).statuses()
     };
@@ -426,7 +432,7 @@ async fn wait_back_in_step(net: &Net, index: usize) {
 async fn wallets_keep_reading_through_kills_stalls_flapping_and_lies_of_simulated_upstreams() {
     // Endpoints 0 to 2 fail in turn (killed, stalled, flapping); endpoint 3 lies throughout,
     // a different lie at each step, at the same time.
-    let net = Net::start(&["127.0.0.1:0"; 4]).await;
+    let net = Net::start_with(&["127.0.0.1:0"; 4], lift_client_limits).await;
     net.wait_in_step(4).await;
     let scripts = soak_scripts();
     let shs: Vec<String> = scripts.iter().map(|s| script_hash_of_script(s)).collect();

@@ -20,12 +20,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::isolation::Links;
 use super::pool::Pool;
 use super::privacy::Set;
 use super::router::{unavailable, Refusal};
 use super::upstream::Upstream;
 use crate::chain::{parse_history, status_hash};
 use crate::client::{Client, ClientError, Subscription};
+use crate::protocol::error::SERVER_BUSY;
 use crate::protocol::RpcError;
 use crate::verify::{check_history_status, Reason, Verdict};
 
@@ -59,6 +61,8 @@ pub struct SessionHandle {
     pub tx: mpsc::Sender<SessionEvent>,
     /// Set when the session must be closed.
     pub kill: tokio_util::sync::CancellationToken,
+    /// The session's own upstream connections (`[privacy] mode = "isolated"`).
+    pub links: Option<Arc<Links>>,
 }
 
 struct EntryState {
@@ -83,11 +87,12 @@ struct Entry {
 /// prove_history`): the history an arbitration between watchers would apply must pass it.
 pub trait HistoryProver: Send + Sync {
     /// Proves every confirmed entry of `raw`, a history of `scripthash`, asking only its `set`
-    /// (and the upstream that steps in for it).
+    /// (and the upstream that steps in for it), over `links` when the entry has them.
     fn prove_history<'a>(
         &'a self,
         scripthash: &'a str,
         set: Set,
+        links: Option<&'a Arc<Links>>,
         raw: &'a serde_json::value::RawValue,
     ) -> futures::future::BoxFuture<'a, Result<(), Refusal>>;
 }
@@ -103,6 +108,8 @@ pub struct Hub {
     pub notifications: AtomicU64,
     subscribe_timeout: Duration,
     verify_statuses: bool,
+    /// Most distinct scripthashes subscribed at once (`[limits] max_subscriptions`).
+    max_scripthashes: usize,
     /// Set once the services exist, when histories are proven.
     prover: OnceLock<Weak<dyn HistoryProver>>,
 }
@@ -111,6 +118,13 @@ fn key_of(sh: &str) -> u64 {
     let mut h = DefaultHasher::new();
     sh.hash(&mut h);
     h.finish()
+}
+
+/// The upstream connections of the first wallet subscribed to an entry, under `[privacy] mode
+/// = "isolated"`: the entry's upstream traffic goes over them.
+fn entry_links(entry: &Entry) -> Option<Arc<Links>> {
+    let st = entry.state.lock().ok()?;
+    st.sessions.first()?.links.clone()
 }
 
 /// True for a status an honest server could send: null or 64 hex characters.
@@ -125,7 +139,12 @@ fn valid_status(v: &Value) -> bool {
 impl Hub {
     /// A hub over a pool. `subscribe_timeout` bounds how long a first subscriber waits for
     /// the initial status.
-    pub fn new(pool: Arc<Pool>, subscribe_timeout: Duration, verify_statuses: bool) -> Arc<Hub> {
+    pub fn new(
+        pool: Arc<Pool>,
+        subscribe_timeout: Duration,
+        verify_statuses: bool,
+        max_scripthashes: usize,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             pool,
             entries: Mutex::new(HashMap::new()),
@@ -134,6 +153,7 @@ impl Hub {
             notifications: AtomicU64::new(0),
             subscribe_timeout,
             verify_statuses,
+            max_scripthashes,
             prover: OnceLock::new(),
         })
     }
@@ -178,9 +198,11 @@ impl Hub {
     }
 
     /// Subscribes a session to a scripthash and returns the current status. Later changes
-    /// arrive as [`SessionEvent::Status`] on the session's mailbox. `load` counts, per
-    /// upstream slot, the session's scripthashes whose sets hold it: a new entry's set is
-    /// balanced by it ([`super::privacy::Privacy::balanced_set`]), and it counts this one.
+    /// arrive as [`SessionEvent::Status`] on the session's mailbox. A scripthash no session
+    /// holds yet is refused with error -102 when `max_scripthashes` are subscribed. `load`
+    /// counts, per upstream slot, the session's scripthashes whose sets hold it: a new entry's
+    /// set is balanced by it ([`super::privacy::Privacy::balanced_set`]), and it counts this
+    /// one.
     pub async fn subscribe(
         self: &Arc<Self>,
         scripthash: &str,
@@ -229,6 +251,12 @@ impl Hub {
         };
         let entry = match entries.get(scripthash) {
             Some(e) => e.clone(),
+            None if entries.len() >= self.max_scripthashes => {
+                return Err(RpcError::new(
+                    SERVER_BUSY,
+                    "the gateway holds as many subscriptions as its upstreams allow; try later",
+                ));
+            }
             None => {
                 let sh: Arc<str> = Arc::from(scripthash);
                 let privacy = self.pool.privacy();
@@ -530,6 +558,17 @@ impl Hub {
     /// [`STALL_STRIKES`] subscriptions in a row is penalised.
     async fn watch(&self, entry: &Entry, up: Arc<Upstream>, client: Client) -> Option<Watcher> {
         let params = vec![Value::String(entry.scripthash.to_string())];
+        // Under `isolated`: on a connection of a wallet that subscribed to it.
+        let client = match entry_links(entry) {
+            Some(links) => match links.client(&up).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(upstream = %up.name(), error = %e, "no isolated connection");
+                    return None;
+                }
+            },
+            None => client,
+        };
         up.note_scripthash(&entry.scripthash);
         let answered_before = up.stats().answered;
         let sub = tokio::time::timeout(
@@ -640,11 +679,20 @@ impl Hub {
         if !entry.set.is_empty() {
             voters.truncate(reach + 1);
         }
+        let links = entry_links(entry);
         let asked = voters
             .into_iter()
             .map(|(up, client)| {
                 let params = params.clone();
+                let links = links.clone();
                 async move {
+                    let client = match links {
+                        Some(links) => match links.client(&up).await {
+                            Ok(c) => c,
+                            Err(e) => return (up, Err(e)),
+                        },
+                        None => client,
+                    };
                     let res = self
                         .pool
                         .ask(
@@ -699,10 +747,10 @@ impl Hub {
         let prover = self.prover.get().and_then(Weak::upgrade);
         let winning = agreeing.first().and_then(|id| given.get(id));
         if let (Some(prover), Some((_, raw))) = (prover, winning) {
-            if let Err(refusal) = prover
-                .prove_history(&entry.scripthash, entry.set, raw)
-                .await
-            {
+            let proven = prover
+                .prove_history(&entry.scripthash, entry.set, links.as_ref(), raw)
+                .await;
+            if let Err(refusal) = proven {
                 if let Some(reason) = refusal.blame {
                     for (up, _) in agreeing.iter().filter_map(|id| given.get(id)) {
                         self.pool.penalize(up, reason);
@@ -910,7 +958,7 @@ mod tests {
             CancellationToken::new(),
         )
         .unwrap();
-        Hub::new(pool, Duration::from_millis(10), true)
+        Hub::new(pool, Duration::from_millis(10), true, usize::MAX)
     }
 
     fn session(id: SessionId, room: usize) -> (SessionHandle, mpsc::Receiver<SessionEvent>) {
@@ -919,6 +967,7 @@ mod tests {
             id,
             tx,
             kill: CancellationToken::new(),
+            links: None,
         };
         (handle, rx)
     }

@@ -12,16 +12,21 @@
 //! - [`pool`] and [`upstream`]: upstream connections, reconnection, ranking, standing, and
 //!   [`pool::Pool::ask`], the one checked upstream call every request goes through;
 //! - [`cache`]: verified answers by call;
+//! - [`limits`]: the connection count and the per-client table (connections, token bucket,
+//!   subscriptions);
 //! - [`http`]: metrics, health, status page, admin API and explorer, reading a
 //!   [`crate::metrics::Snapshot`] or the core.
 //!
 //! Verification itself lives in [`crate::verify`]; metrics in [`crate::metrics`].
 
+pub(crate) mod broadcast;
 pub(crate) mod cache;
 pub(crate) mod candidates;
 pub mod fds;
 pub(crate) mod http;
 pub(crate) mod hub;
+pub(crate) mod isolation;
+pub mod limits;
 pub(crate) mod local;
 pub(crate) mod order;
 pub(crate) mod pool;
@@ -274,10 +279,28 @@ async fn spawn_listener(
     tls: Option<Arc<rustls::ServerConfig>>,
     max_line: usize,
 ) -> anyhow::Result<SocketAddr> {
+    // Every connection counts against `max_sessions` from TCP accept on, its TLS or
+    // WebSocket handshake included, until its session ends.
+    let connections = core.connections.clone();
+    let metrics = core.metrics.clone();
+    let admission: crate::listen::Admission = Arc::new(move |_peer| {
+        let permit = connections.try_open();
+        if permit.is_none() {
+            metrics.limit_rejected("sessions");
+            tracing::warn!("session limit reached; refusing a wallet connection");
+        }
+        permit.map(|p| Box::new(p) as crate::listen::Permit)
+    });
+    let metrics = core.metrics.clone();
+    let on_refused: crate::listen::OnRefused = Arc::new(move |why| metrics.limit_rejected(why));
     let options = ListenOptions {
+        on_refused: Some(on_refused),
         max_message: max_line,
         tls,
         proxy_sources: Arc::new(ProxySources::new(core.cfg.listen.proxy_networks()?)),
+        max_handshakes: core.cfg.limits.max_sessions,
+        admission: Some(admission),
+        ws_origins: Arc::new(core.cfg.listen.ws_origins.clone()),
         ..ListenOptions::default()
     };
     let mut listener = Listener::bind(&url, options)
@@ -285,21 +308,20 @@ async fn spawn_listener(
         .map_err(|e| anyhow::anyhow!("cannot listen on {url}: {e}"))?;
     let addr = listener.local_addr();
     tracing::info!(%url, %addr, "listening for wallets");
-    let max_sessions = core.cfg.limits.max_sessions;
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = listener.accept_permitted() => a,
                 _ = core.shutdown.cancelled() => return,
                 // Draining: the socket closes here, so a balancer's next try goes elsewhere.
                 _ = core.drain.cancelled() => return,
             };
-            let (framed, peer) = accepted;
-            if core.sessions() >= max_sessions {
-                tracing::warn!("session limit reached; refusing a wallet connection");
-                continue;
-            }
-            tokio::spawn(session::run(core.clone(), framed, peer));
+            let (framed, peer, permit) = accepted;
+            let core = core.clone();
+            tokio::spawn(async move {
+                session::run(core, framed, peer).await;
+                drop(permit);
+            });
         }
     });
     Ok(addr)

@@ -482,6 +482,12 @@ impl Pool {
         self.candidates.lock().map(|c| c.urls()).unwrap_or_default()
     }
 
+    /// How the pool connects to `url` (for a wallet connection's own connections under
+    /// `[privacy] mode = "isolated"`).
+    pub(crate) fn client_config_for(&self, url: ServerUrl) -> ClientConfig {
+        self.client_config(url)
+    }
+
     fn client_config(&self, url: ServerUrl) -> ClientConfig {
         let u = &self.cfg.upstreams;
         let mut c = ClientConfig::new(url);

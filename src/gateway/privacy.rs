@@ -75,19 +75,6 @@ impl Set {
     }
 }
 
-/// Which upstreams a call may go to. The default: a scripthash call goes to its scripthash's
-/// default set (and further when they cannot answer), any other call to every upstream.
-#[derive(Debug, Clone, Default)]
-pub struct Scope {
-    /// The scripthash whose keyed order and set a call that names none goes by (a merkle proof
-    /// of one of its history's entries); a scripthash call's own when `None`.
-    pub scripthash: Option<String>,
-    /// Its set, when known (its subscription's); else its default set.
-    pub set: Option<Set>,
-    /// Only the set and the one upstream that steps in, never further, under `spread`.
-    pub strict: bool,
-}
-
 /// The privacy policy in force.
 #[derive(Debug, Clone)]
 pub struct Privacy {
@@ -123,6 +110,11 @@ impl Privacy {
     /// True when scripthashes are kept to their sets.
     pub fn spread(&self) -> bool {
         self.mode != PrivacyMode::Off
+    }
+
+    /// True when each wallet connection has upstream connections of its own.
+    pub fn isolated(&self) -> bool {
+        self.mode == PrivacyMode::Isolated
     }
 
     /// The slots, given as `(slot id, upstream URL)`, in `scripthash`'s keyed order.

@@ -28,8 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::broadcast::{broadcast_verdict, is_already_known, most_common, txid_of_hex};
+use super::isolation::Links;
 use super::pool::Pool;
-use super::privacy::Scope;
+use super::privacy::Set;
 use super::upstream::Upstream;
 use super::vote::{confirmed_key, median_value, settle, tally, vote_key, Ballot};
 use crate::client::{Client, ClientError};
@@ -96,6 +98,26 @@ fn worth_retrying(e: &ClientError) -> bool {
         }
         _ => true,
     }
+}
+
+/// Where a wallet's read may go: the scripthash's upstream set under `[privacy] mode =
+/// "spread"` (its subscription's; `None`: its default set), and the wallet connection's own
+/// upstream connections under `isolated` (`None`: the pool's).
+///
+/// A call that names no scripthash (a merkle proof of one of its history's entries) may be tied
+/// to one (`scripthash`), and kept to its set and the one upstream that steps in (`strict`).
+#[derive(Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// The scripthash's set.
+    pub set: Option<Set>,
+    /// The wallet connection's own upstream connections.
+    pub links: Option<&'a Arc<Links>>,
+    /// The scripthash whose keyed order and set the call goes by; a scripthash call's own when
+    /// `None`.
+    pub scripthash: Option<&'a str>,
+    /// Only the set and the one upstream that steps in, never further (under `spread`), and
+    /// each of them is asked before the call fails: one member's refusal is not the answer.
+    pub strict: bool,
 }
 
 /// Upstreams to ask, in order, and how many of them are within reach without need.
@@ -265,27 +287,25 @@ impl Router {
     /// Routes one read or broadcast according to the call's policy; the answer alone.
     pub async fn route(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
         Ok(self
-            .route_with(call, &NoConfirm, &Scope::default())
+            .route_with(call, &NoConfirm, Scope::default())
             .await?
             .raw)
     }
 
     /// Routes one read or broadcast according to the call's policy, every read answer passing
-    /// `confirm` after its check (and a voted answer [`Confirm::prove`] once decided). A
-    /// scripthash read, or a call `scope` ties to a scripthash, goes to the scripthash's set
-    /// (its subscription's, else its default set) under `[privacy] mode = "spread"`.
+    /// `confirm` after its check, within `scope` (see [`Scope`]).
     pub async fn route_with(
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        scope: &Scope,
+        scope: Scope<'_>,
     ) -> Result<Routed, RpcError> {
         match call.policy {
             Policy::Fastest | Policy::Local => self.fastest(call, confirm, scope).await,
             Policy::Quorum => self.quorum(call, confirm, scope).await,
-            Policy::Median => self.median(call, confirm).await,
+            Policy::Median => self.median(call, confirm, scope).await,
             Policy::Broadcast => {
-                let raw = self.broadcast(call).await?;
+                let raw = self.broadcast(call, scope).await?;
                 Ok(Routed {
                     raw,
                     block: None,
@@ -302,7 +322,16 @@ impl Router {
         (up, client): (Arc<Upstream>, Client),
         call: &Call,
         confirm: &dyn Confirm,
+        links: Option<&Arc<Links>>,
     ) -> (Arc<Upstream>, Result<Answer, ClientError>) {
+        // Under `isolated`: the wallet connection's own connection to this upstream.
+        let client = match links {
+            Some(links) => match links.client(&up).await {
+                Ok(c) => c,
+                Err(e) => return (up, Err(e)),
+            },
+            None => client,
+        };
         let tracker = self.pool.tracker();
         let mut block = None;
         let res = self
@@ -327,9 +356,10 @@ impl Router {
     /// are within reach without need (for a scripthash under `spread`: its set, see
     /// [`Pool::ranked_for_scripthash`]; otherwise all). A [`Scope::strict`] scope keeps to
     /// the set and the one upstream that steps in.
-    fn candidates(&self, call: &Call, scope: &Scope) -> Candidates {
-        let scripthash = match (&scope.scripthash, &call.args) {
-            (Some(sh), _) | (None, Args::ScriptHash(sh)) => Some(sh),
+    fn candidates(&self, call: &Call, scope: Scope<'_>) -> Candidates {
+        let scripthash = match (scope.scripthash, &call.args) {
+            (Some(sh), _) => Some(sh),
+            (None, Args::ScriptHash(sh)) => Some(sh.as_str()),
             _ => None,
         };
         match scripthash {
@@ -353,7 +383,7 @@ impl Router {
     /// [`Router::candidates`]; while there are none, waits for one for up to
     /// [`IN_STEP_PATIENCE`], woken by pool events (a connection, a tip, a standing change),
     /// and at least every quarter second. Empty when none came.
-    async fn candidates_or_wait(&self, call: &Call, scope: &Scope) -> Candidates {
+    async fn candidates_or_wait(&self, call: &Call, scope: Scope<'_>) -> Candidates {
         let deadline = tokio::time::Instant::now() + IN_STEP_PATIENCE;
         let mut events = self.pool.events();
         let mut waited = false;
@@ -388,7 +418,7 @@ impl Router {
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        scope: &Scope,
+        scope: Scope<'_>,
     ) -> Result<Routed, RpcError> {
         let (ranked, reach) = self.candidates_or_wait(call, scope).await;
         if ranked.is_empty() {
@@ -397,7 +427,7 @@ impl Router {
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            inflight.push(self.ask(ranked[*next].clone(), call, confirm));
+            inflight.push(self.ask(ranked[*next].clone(), call, confirm, scope.links));
             *next += 1;
         };
         launch(&mut next, &mut inflight);
@@ -530,7 +560,7 @@ impl Router {
         &self,
         call: &Call,
         confirm: &dyn Confirm,
-        scope: &Scope,
+        scope: Scope<'_>,
     ) -> Result<Routed, RpcError> {
         let deadline = tokio::time::Instant::now() + VOTE_PATIENCE;
         let mut events = self.pool.events();
@@ -598,7 +628,7 @@ impl Router {
         call: &Call,
         last: bool,
         confirm: &dyn Confirm,
-        scope: &Scope,
+        scope: Scope<'_>,
     ) -> Result<Result<Decided, RpcError>, NoMajority> {
         let (ranked, reach) = self.candidates(call, scope);
         if ranked.is_empty() {
@@ -616,7 +646,7 @@ impl Router {
         let mut next = 0usize;
         let mut inflight = FuturesUnordered::new();
         let launch = |next: &mut usize, inflight: &mut FuturesUnordered<_>| {
-            inflight.push(self.ask(ranked[*next].clone(), call, confirm));
+            inflight.push(self.ask(ranked[*next].clone(), call, confirm, scope.links));
             *next += 1;
         };
         while next < need {
@@ -798,13 +828,18 @@ impl Router {
     /// the honest ones; "no estimate" wins only when most upstreams say so), objects field by
     /// field. Without a consensus an estimate is `-1` ("no estimate") and any other fee figure
     /// an error.
-    pub async fn median(&self, call: &Call, confirm: &dyn Confirm) -> Result<Routed, RpcError> {
+    pub async fn median(
+        &self,
+        call: &Call,
+        confirm: &dyn Confirm,
+        scope: Scope<'_>,
+    ) -> Result<Routed, RpcError> {
         let answers: Vec<_> = self
-            .candidates_or_wait(call, &Scope::default())
+            .candidates_or_wait(call, scope)
             .await
             .0
             .into_iter()
-            .map(|target| self.ask(target, call, confirm))
+            .map(|target| self.ask(target, call, confirm, scope.links))
             .collect::<FuturesUnordered<_>>()
             .collect()
             .await;
@@ -846,8 +881,12 @@ impl Router {
     /// txid computed here, once at least two of them accepted it (or already had it) and
     /// rejections cannot outnumber acceptances; otherwise the rejection they gave. One
     /// upstream's word is never enough, since anyone can compute a txid.
-    pub async fn broadcast(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        let ranked = self.candidates_or_wait(call, &Scope::default()).await.0;
+    pub async fn broadcast(
+        &self,
+        call: &Call,
+        scope: Scope<'_>,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let ranked = self.candidates_or_wait(call, scope).await.0;
         if ranked.is_empty() {
             return Err(unavailable("no upstream is connected"));
         }
@@ -858,13 +897,22 @@ impl Router {
             let tx = tx.clone();
             let call = call.clone();
             let pool = self.pool.clone();
+            let links = scope.links.cloned();
             tokio::spawn(async move {
                 let in_step = up.in_step();
-                let res = pool
-                    .ask(&up, &client, call.method(), call.params(), |raw| {
-                        crate::verify::check(pool.tracker(), &call, raw)
-                    })
-                    .await;
+                let client = match &links {
+                    Some(links) => links.client(&up).await,
+                    None => Ok(client),
+                };
+                let res = match client {
+                    Ok(client) => {
+                        pool.ask(&up, &client, call.method(), call.params(), |raw| {
+                            crate::verify::check(pool.tracker(), &call, raw)
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
                 let _ = tx.send((in_step, res)).await;
             });
         }
@@ -919,88 +967,9 @@ impl Router {
     }
 }
 
-/// The verdict on a broadcast from the upstreams in step so far: `Some(true)` once at least two
-/// accepted it and rejections cannot outnumber acceptances even if every pending one rejects;
-/// `Some(false)` once that can no longer happen; `None` while pending answers may decide.
-/// (Policy differences such as full-RBF or a higher minimum fee on one server are outvoted by
-/// the others either way.)
-pub fn broadcast_verdict(accepted: usize, rejected: usize, pending: usize) -> Option<bool> {
-    if accepted >= 2 && accepted > rejected + pending {
-        Some(true)
-    } else if accepted + pending < 2 || rejected >= accepted + pending {
-        Some(false)
-    } else if pending == 0 {
-        // Two or more accepted but as many rejected: no majority either way.
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// The error message given most often (the first of those tied).
-fn most_common(errors: &[RpcError]) -> Option<RpcError> {
-    errors
-        .iter()
-        .max_by_key(|e| {
-            (
-                errors.iter().filter(|o| o.message == e.message).count(),
-                std::cmp::Reverse(errors.iter().position(|o| o.message == e.message)),
-            )
-        })
-        .cloned()
-}
-
-/// True for a node's "I have this transaction already" rejection. Bitcoin Core 28 and
-/// later say "Transaction outputs already in utxo set" for a confirmed transaction.
-pub fn is_already_known(e: &RpcError) -> bool {
-    let m = e.message.to_ascii_lowercase();
-    m.contains("already known")
-        || m.contains("already-known")
-        || m.contains("already in utxo set")
-        || m.contains("already in block chain")
-        || m.contains("already in the block chain")
-        || m.contains("txn-already-in-mempool")
-        || m.contains("already in mempool")
-}
-
-/// The txid of a raw transaction in hex, if it parses.
-pub fn txid_of_hex(raw: &str) -> Option<String> {
-    use bitcoin::consensus::Decodable;
-    use bitcoin::hex::FromHex;
-    let bytes = Vec::<u8>::from_hex(raw).ok()?;
-    let tx = bitcoin::Transaction::consensus_decode(&mut bytes.as_slice()).ok()?;
-    Some(tx.compute_txid().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_broadcast_needs_two_upstreams_and_no_majority_against_it() {
-        // One acceptance, however fast, is not enough.
-        assert_eq!(broadcast_verdict(1, 0, 1), None);
-        assert_eq!(broadcast_verdict(1, 0, 0), Some(false));
-        assert_eq!(broadcast_verdict(1, 1, 0), Some(false));
-        // Two acceptances out of three: success once the third cannot outweigh them.
-        assert_eq!(broadcast_verdict(2, 0, 1), Some(true));
-        assert_eq!(broadcast_verdict(2, 1, 0), Some(true));
-        // A liar accepting what two honest upstreams reject.
-        assert_eq!(broadcast_verdict(1, 2, 0), Some(false));
-        assert_eq!(broadcast_verdict(1, 1, 1), None);
-        // Two against two: no majority.
-        assert_eq!(broadcast_verdict(2, 2, 0), Some(false));
-        assert_eq!(broadcast_verdict(2, 1, 1), None);
-        let e = |m: &str| RpcError::new(2, m);
-        assert_eq!(
-            most_common(&[e("a"), e("b"), e("b")]).map(|e| e.message),
-            Some("b".to_string())
-        );
-        assert_eq!(
-            most_common(&[e("a"), e("b")]).map(|e| e.message),
-            Some("a".to_string())
-        );
-    }
 
     #[test]
     fn a_corroborated_answer_needs_two_and_a_majority() {
@@ -1028,22 +997,5 @@ mod tests {
             "No such mempool or blockchain transaction"
         )));
         assert!(!is_unavailable(&RpcError::new(1, "tx is not in a block")));
-    }
-
-    #[test]
-    fn already_known_rejections() {
-        assert!(is_already_known(&RpcError::new(2, "txn-already-known")));
-        assert!(is_already_known(&RpcError::new(
-            2,
-            "Transaction already in block chain"
-        )));
-        assert!(is_already_known(&RpcError::new(
-            1,
-            "the transaction was rejected by network rules.\n\nTransaction outputs already in utxo set\n[02...]"
-        )));
-        assert!(!is_already_known(&RpcError::new(
-            2,
-            "bad-txns-inputs-missingorspent"
-        )));
     }
 }

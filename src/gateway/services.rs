@@ -22,10 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::AnswerCache;
 use super::hub::Hub;
+use super::isolation::Links;
+use super::limits::{ClientLimits, Clients, Connections};
 use super::pool::Pool;
-use super::privacy::{Scope, Set};
+use super::privacy::Set;
 use super::router::{
-    is_unavailable, Confirm, NoConfirm, Refusal, Routed, Router, IN_STEP_PATIENCE,
+    is_unavailable, Confirm, NoConfirm, Refusal, Routed, Router, Scope, IN_STEP_PATIENCE,
 };
 use super::upstream::Upstream;
 use crate::client::{Client, ClientError};
@@ -65,6 +67,10 @@ pub struct Core {
     pub drain: CancellationToken,
     /// Woken whenever a session ends.
     session_ended: tokio::sync::Notify,
+    /// Wallet connections open or in their handshake (at most `max_sessions`).
+    pub connections: Arc<Connections>,
+    /// Per-client connections, token buckets and subscription counts.
+    pub clients: Arc<Clients>,
     next_session: AtomicU64,
     sessions: AtomicI64,
     /// Reads in flight by key, with the identical reads waiting for them.
@@ -154,7 +160,7 @@ impl Confirm for PositionConfirm<'_> {
 struct HistoryProof<'a> {
     core: &'a Core,
     /// Where the proofs are asked.
-    scope: Scope,
+    scope: Scope<'a>,
     /// Prove each answer as it arrives rather than the decided one.
     each: bool,
     /// Entries (txid, height) shown unprovable during this read.
@@ -165,12 +171,19 @@ struct HistoryProof<'a> {
 }
 
 impl<'a> HistoryProof<'a> {
-    fn new(core: &'a Core, scripthash: &str, set: Option<Set>, each: bool) -> Self {
+    fn new(
+        core: &'a Core,
+        scripthash: &'a str,
+        set: Option<Set>,
+        links: Option<&'a Arc<Links>>,
+        each: bool,
+    ) -> Self {
         HistoryProof {
             core,
             scope: Scope {
-                scripthash: Some(scripthash.to_string()),
                 set,
+                links,
+                scripthash: Some(scripthash),
                 strict: true,
             },
             each,
@@ -215,7 +228,7 @@ impl<'a> HistoryProof<'a> {
         }
         let mut proofs = futures::stream::iter(entries)
             .map(|(txid, height)| async move {
-                let res = self.core.prove_entry(txid, height, &self.scope).await;
+                let res = self.core.prove_entry(txid, height, self.scope).await;
                 (txid, height, res)
             })
             .buffer_unordered(PROOF_CONCURRENCY);
@@ -298,11 +311,12 @@ impl super::hub::HistoryProver for Core {
         &'a self,
         scripthash: &'a str,
         set: Set,
+        links: Option<&'a Arc<Links>>,
         raw: &'a RawValue,
     ) -> futures::future::BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
             let set = (!set.is_empty()).then_some(set);
-            HistoryProof::new(self, scripthash, set, false)
+            HistoryProof::new(self, scripthash, set, links, false)
                 .prove_all(raw)
                 .await
         })
@@ -328,8 +342,19 @@ impl Core {
             pool.clone(),
             crate::config::secs(cfg.limits.request_timeout_secs),
             cfg.verify.statuses,
+            cfg.limits.max_subscriptions,
         );
+        let limits = &cfg.limits;
+        let clients = Clients::new(ClientLimits {
+            max_sessions: limits.max_sessions_per_client,
+            rate: limits.client_rate,
+            burst: limits.client_burst,
+            max_subscriptions: limits.max_subscriptions_per_client,
+        });
+        let connections = Connections::new(limits.max_sessions);
         Core {
+            connections,
+            clients,
             network: pool.network(),
             cache: AnswerCache::new(
                 cfg.verify.cache_entries,
@@ -404,22 +429,32 @@ impl Core {
     /// cached when the row allows. The answer is in the upstream form (`id_from_pos` with its
     /// merkle branch).
     pub async fn read(&self, call: &Call) -> Result<Box<RawValue>, RpcError> {
-        self.read_in(call, &Scope::default()).await
+        self.read_for(call, None).await
     }
 
-    /// [`Core::read`], asking only the upstreams `scope` allows when it is tied to a
-    /// scripthash (the merkle proofs of its history's entries).
-    pub(super) async fn read_in(
+    /// [`Core::read`] for a wallet connection: under `[privacy] mode = "isolated"` upstreams
+    /// are asked over its own connections (`links`).
+    pub async fn read_for(
         &self,
         call: &Call,
-        scope: &Scope,
+        links: Option<&Arc<Links>>,
     ) -> Result<Box<RawValue>, RpcError> {
+        let scope = Scope {
+            links,
+            ..Scope::default()
+        };
+        self.read_in(call, scope).await
+    }
+
+    /// [`Core::read_for`] within `scope`: when it ties the call to a scripthash (the merkle
+    /// proofs of its history's entries), only the upstreams it allows are asked.
+    async fn read_in(&self, call: &Call, scope: Scope<'_>) -> Result<Box<RawValue>, RpcError> {
         let tracker = self.pool.tracker();
         let Some(key) = call.cache_key() else {
             return Ok(self.fetch_shared(call, None, scope).await?.raw);
         };
         if call.info.cache == Cache::Status {
-            return self.read_by_status(call, key).await;
+            return self.read_by_status(call, key, scope.links).await;
         }
         if let Some(hit) = self.cache.get(tracker, &key) {
             self.metrics.cache_hit(call.method());
@@ -438,23 +473,27 @@ impl Core {
     /// watches it, an answer voted at its current status is served again until the status
     /// changes. A history goes in only when it hashes to that status; a balance or unspent
     /// list only when the status stayed the same while it was voted on.
-    async fn read_by_status(&self, call: &Call, key: String) -> Result<Box<RawValue>, RpcError> {
+    async fn read_by_status(
+        &self,
+        call: &Call,
+        key: String,
+        links: Option<&Arc<Links>>,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let scope = Scope {
+            links,
+            ..Scope::default()
+        };
         let status = call.scripthash().and_then(|sh| self.hub.status_of(sh));
         let Some(status) = status else {
             // Not watched (or not yet agreed): nothing identifies the answer.
-            return Ok(self
-                .fetch_shared(call, Some(&key), &Scope::default())
-                .await?
-                .raw);
+            return Ok(self.fetch_shared(call, Some(&key), scope).await?.raw);
         };
         if let Some(hit) = self.cache.get_at_status(&key, &status) {
             self.metrics.cache_hit(call.method());
             return Ok(hit);
         }
         self.metrics.cache_miss(call.method());
-        let routed = self
-            .fetch_shared(call, Some(&key), &Scope::default())
-            .await?;
+        let routed = self.fetch_shared(call, Some(&key), scope).await?;
         let fits = match call.info.check {
             Check::History => history_fits(&routed.raw, &status),
             _ => {
@@ -475,7 +514,7 @@ impl Core {
         &self,
         call: &Call,
         key: Option<&str>,
-        scope: &Scope,
+        scope: Scope<'_>,
     ) -> Result<Routed, RpcError> {
         if call.kind() != Kind::Read {
             return self.fetch(call, scope).await;
@@ -597,7 +636,7 @@ impl Core {
         &self,
         txid: bitcoin::Txid,
         height: u32,
-        scope: &Scope,
+        scope: Scope<'_>,
     ) -> Result<Box<RawValue>, RpcError> {
         let call = self.internal_call(
             "blockchain.transaction.get_merkle",
@@ -617,39 +656,33 @@ impl Core {
         call.scripthash().and_then(|sh| self.hub.set_of(sh))
     }
 
-    /// Where a call goes: `scope` when it ties the call to a scripthash, else the call's own
-    /// scripthash's set (when it names one and has a subscription).
-    fn scope_of(&self, call: &Call, scope: &Scope) -> Scope {
-        if scope.scripthash.is_some() {
-            return scope.clone();
-        }
-        Scope {
-            set: self.set_of(call),
-            ..Scope::default()
-        }
-    }
-
     /// Routes a call (an `id_from_pos` answer confirmed by its transaction, a history's
     /// confirmed entries proven), and its fallback when upstreams do not know the method.
-    async fn fetch(&self, call: &Call, scope: &Scope) -> Result<Routed, RpcError> {
-        let scope = self.scope_of(call, scope);
+    async fn fetch(&self, call: &Call, scope: Scope<'_>) -> Result<Routed, RpcError> {
+        // A scope tied to a scripthash (a history's proofs) keeps its set; otherwise the call's
+        // own scripthash's, when it has a subscription.
+        let scope = match scope.scripthash {
+            Some(_) => scope,
+            None => Scope {
+                set: self.set_of(call),
+                ..scope
+            },
+        };
         let res = match (call.info.check, &call.args) {
             (Check::TxAtPosition, Args::IdFromPos { pos, .. }) => {
                 let confirm = PositionConfirm {
                     core: self,
                     pos: *pos,
                 };
-                self.router
-                    .route_with(call, &confirm, &Scope::default())
-                    .await
+                self.router.route_with(call, &confirm, scope).await
             }
             (Check::History, Args::ScriptHash(sh)) if self.cfg.verify.prove_history => {
                 // A vote proves the answer it decides; any other policy each answer.
                 let each = call.policy != Policy::Quorum;
-                let proof = HistoryProof::new(self, sh, scope.set, each);
-                self.router.route_with(call, &proof, &scope).await
+                let proof = HistoryProof::new(self, sh, scope.set, scope.links, each);
+                self.router.route_with(call, &proof, scope).await
             }
-            _ => self.router.route_with(call, &NoConfirm, &scope).await,
+            _ => self.router.route_with(call, &NoConfirm, scope).await,
         };
         let Some(fallback) = call.info.fallback else {
             return res;
@@ -689,7 +722,7 @@ impl Core {
                 let history = other("blockchain.scripthash.get_history", args)?;
                 let h = self
                     .router
-                    .route_with(&history, &NoConfirm, &scope)
+                    .route_with(&history, &NoConfirm, scope)
                     .await?
                     .raw;
                 let hist: Vec<Value> = from_raw(&h)?;

@@ -8,6 +8,14 @@
 //! most `max_pending_per_session` requests are in flight; past that the session stops reading
 //! (backpressure) instead of failing requests. All writes go through the session loop, which
 //! orders subscription replies before the notifications that follow them ([`ReplyOrder`]).
+//!
+//! Limits ([`super::limits`], docs/limits.md): a session belongs to a client (its peer
+//! address) and is refused at once when that client has `max_sessions_per_client`
+//! connections. Every request, batch items one by one, spends from the client's token bucket
+//! (its answer's size is charged after); a batch of more than `max_batch` items gets one
+//! error; subscriptions are counted per connection, per client and over the gateway. An
+//! over-limit request gets error -101 and is a strike; `abuse_strikes` strikes in a row
+//! close the connection. Only lines the wallet sends count as activity for the idle timeout.
 
 use futures::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
@@ -20,12 +28,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::hub::{SessionEvent, SessionHandle, SessionId, StatusChange};
+use super::isolation::Links;
+use super::limits::{answer_cost, ClientTicket};
 use super::local;
 use super::order::{Confirms, ReplyOrder};
 use super::router::unavailable;
 use super::services::Core;
 use crate::metrics::method_label;
-use crate::protocol::error::EXCESSIVE_RESOURCE_USAGE;
+use crate::protocol::error::{EXCESSIVE_RESOURCE_USAGE, SERVER_BUSY};
 use crate::protocol::methods::{Kind, PROTOCOL_MIN};
 use crate::protocol::{
     Args, Call, Id, Incoming, Message, Notification, ParseContext, Request, Response, RpcError,
@@ -59,6 +69,10 @@ struct Shared {
     /// Per upstream slot, how many of this session's scripthashes its sets hold (balances a
     /// wallet's addresses over the upstreams under `[privacy] mode = "spread"`).
     load: Mutex<HashMap<usize, u32>>,
+    /// The client this session belongs to: its bucket and subscription count.
+    client: ClientTicket,
+    /// Over-limit errors since the last request that succeeded.
+    strikes: AtomicU32,
 }
 
 fn encode_version(v: (u32, u32, u32)) -> u32 {
@@ -70,6 +84,20 @@ impl Shared {
         let p = self.protocol.load(Ordering::Relaxed);
         (p / 10000, (p / 100) % 100, p % 100)
     }
+
+    /// Counts an over-limit error against the session.
+    fn strike(&self) {
+        self.strikes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An over-limit error (-101, "excessive resource usage", as ElectrumX sends).
+fn over_limit(message: impl Into<String>) -> RpcError {
+    RpcError::new(EXCESSIVE_RESOURCE_USAGE, message)
+}
+
+fn rate_limited() -> RpcError {
+    over_limit("rate limit exceeded: too many or too costly requests from your address; slow down")
 }
 
 /// A request the session loop has read: parsed into a call, or refused.
@@ -118,10 +146,30 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     } = framed;
     let id = core.next_session_id();
     let limits = &core.cfg.limits;
+    let client = match core.clients.admit(peer) {
+        Ok(ticket) => ticket,
+        Err(too_many) => {
+            core.metrics.limit_rejected("connections");
+            tracing::debug!(%peer, "too many connections from one client; refusing");
+            let err = over_limit(format!(
+                "too many connections from your address (at most {})",
+                too_many.0
+            ));
+            let _ = write(&mut sink, Response::err(Id::Null, err).to_json()).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
     let (ev_tx, mut ev_rx) = mpsc::channel::<SessionEvent>(4096);
     // Cancelled by the hub for this session alone, or with the gateway's shutdown: one
     // token for the session loop to wait on.
     let kill = core.shutdown.child_token();
+    // Under `[privacy] mode = "isolated"`: upstream connections of this session's own.
+    let links = core
+        .pool
+        .privacy()
+        .isolated()
+        .then(|| Arc::new(Links::new(core.pool.clone())));
     let shared = Arc::new(Shared {
         id,
         protocol: AtomicU32::new(encode_version(PROTOCOL_MIN)),
@@ -129,9 +177,12 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
             id,
             tx: ev_tx,
             kill: kill.clone(),
+            links: links.clone(),
         },
         forms: Mutex::new(HashMap::new()),
         load: Mutex::new(HashMap::new()),
+        client,
+        strikes: AtomicU32::new(0),
     });
     // Finished requests come back on a channel made with the first request: a connection
     // that sends none but `server.version` holds none.
@@ -157,16 +208,19 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let drain_started = core.drain.cancelled();
     tokio::pin!(drain_started);
     let mut draining = false;
-    // The session is idle when nothing happens on it (no line read, no answer, no
-    // notification) for the idle time. Events are not timed one by one (the clock is a
-    // system call on some machines): a timer ticks every quarter of the idle time, and
-    // the session closes after the ticks of a whole idle time found no event, so between
-    // 1 and 1.25 idle times after its last event.
+    // The session is idle when the wallet sends nothing for the idle time: only a line read
+    // counts, not what the gateway sends (answers, notifications, new tips), so a wallet
+    // that went away without closing is not kept forever by a busy chain. Lines are not
+    // timed one by one (the clock is a system call on some machines): a timer ticks every
+    // quarter of the idle time, and the session closes after the ticks of a whole idle time
+    // found no line, so between 1 and 1.25 idle times after the last one.
     let tick = idle.map_or(Duration::from_secs(3600), |idle| idle / IDLE_TICKS);
     let idle_timer = tokio::time::sleep(tick);
     tokio::pin!(idle_timer);
     let mut quiet_ticks = 0u32;
     let mut event = true;
+    let max_batch = limits.max_batch;
+    let abuse_strikes = limits.abuse_strikes;
 
     // Answers written but not flushed yet, and whether the loop already yielded once for
     // more to join them.
@@ -182,7 +236,13 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
         if event {
             quiet_ticks = 0;
         }
-        event = true;
+        event = false;
+        if shared.strikes.load(Ordering::Relaxed) >= abuse_strikes {
+            core.metrics.abuse_disconnect();
+            let err = over_limit("disconnected for repeatedly exceeding limits");
+            let _ = write(&mut sink, Response::err(Id::Null, err).to_json()).await;
+            break "abuse: over limits repeatedly".into();
+        }
         let can_read = pending < limits.max_pending_per_session && !draining;
         tokio::select! {
             biased;
@@ -262,9 +322,9 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                     break "idle timeout".into();
                 }
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + tick);
-                event = false;
             }
             line = stream.next(), if can_read => {
+                event = true;
                 let line = match line {
                     None => break "closed by wallet".into(),
                     Some(Err(e)) => {
@@ -275,9 +335,13 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                     }
                     Some(Ok(line)) => line,
                 };
-                let incoming = match crate::protocol::parse(&line) {
+                let incoming = match crate::protocol::parse_limited(&line, max_batch) {
                     Ok(i) => i,
                     Err(e) => {
+                        if matches!(e, crate::protocol::ParseError::BatchTooLarge(_)) {
+                            core.metrics.limit_rejected("batch");
+                            shared.strike();
+                        }
                         let resp = Response::err(e.id(), e.to_rpc_error());
                         if write(&mut sink, resp.to_json()).await.is_err() {
                             break "write failed".into();
@@ -296,6 +360,17 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                                 continue;
                             }
                         };
+                        if !shared.client.try_spend(1.0) {
+                            core.metrics.limit_rejected("rate");
+                            shared.strike();
+                            if let Some(id) = req.id {
+                                let resp = Response::err(id, rate_limited());
+                                if write(&mut sink, resp.to_json()).await.is_err() {
+                                    break "write failed".into();
+                                }
+                            }
+                            continue;
+                        }
                         let read = read_request(&core, &shared, req);
                         // server.version is answered here, in order.
                         if let Some(resp) = version(&core, &shared, &read, &mut version_done) {
@@ -336,8 +411,12 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                         }
                     }
                     Incoming::Batch(items) => {
+                        // Every item counts toward `max_pending_per_session`, answered or not:
+                        // the loop reads no more until the whole batch has gone out.
+                        let n = items.len();
                         let mut lines = Vec::new();
                         let mut remote = Vec::new();
+                        let mut limited = false;
                         for item in items {
                             let req = match item.map_err(|(id, e)| Response::err(id.unwrap_or(Id::Null), e)).and_then(as_request) {
                                 Ok(req) => req,
@@ -346,6 +425,14 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                                     continue;
                                 }
                             };
+                            if !shared.client.try_spend(1.0) {
+                                limited = true;
+                                core.metrics.limit_rejected("rate");
+                                if let Some(id) = req.id {
+                                    lines.push(Response::err(id, rate_limited()).to_json());
+                                }
+                                continue;
+                            }
                             let read = read_request(&core, &shared, req);
                             if let Some(resp) = version(&core, &shared, &read, &mut version_done) {
                                 lines.extend(resp);
@@ -354,29 +441,67 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
                             note_subscription(&read, &mut order);
                             remote.push(read);
                         }
-                        let n = remote.len();
+                        if limited {
+                            // One strike per batch, not per item.
+                            shared.strike();
+                        }
                         pending += n;
                         let core = core.clone();
                         let shared = shared.clone();
                         let out_tx = outgoing(&mut out_tx, &mut out_rx, out_capacity);
+                        // At most `max_pending_per_session` items of a batch run at once; each
+                        // answer is serialized as it comes, in order. Once the batch's answer
+                        // holds `max_batch_answer_bytes`, the reads after it are answered with
+                        // an error instead of their (dropped) answers.
+                        let width = limits.max_pending_per_session;
+                        let max_bytes = limits.max_batch_answer_bytes;
                         tokio::spawn(async move {
-                            let results = futures::future::join_all(remote.into_iter().map(|read| {
+                            let mut answers = futures::stream::iter(remote.into_iter().map(|read| {
                                 let core = core.clone();
                                 let shared = shared.clone();
                                 async move {
-                                    let has_id = read.id.is_some();
+                                    let id = read.id.clone();
+                                    // Reads and local answers may be dropped; a subscription's or a broadcast's
+                                    // answer never is (the wallet must learn what took effect).
+                                    let droppable = read.call.as_ref().is_ok_and(|c| matches!(c.kind(), Kind::Read | Kind::Local));
                                     let (resp, c) = handle(core, shared, read).await;
-                                    (has_id, resp, c)
+                                    let line = id.is_some().then(|| resp.to_json());
+                                    (id, droppable, line, c)
                                 }
-                            })).await;
-                            let mut confirms = Confirms::default();
-                            for (has_id, resp, c) in results {
-                                if has_id {
-                                    lines.push(resp.to_json());
-                                }
-                                confirms.merge(c);
+                            }))
+                            .buffered(width);
+                            // The batch's answer line is built as answers come, not joined at
+                            // the end (which would hold every answer twice).
+                            let mut out = String::new();
+                            for line in lines {
+                                push_batch_item(&mut out, &line);
                             }
-                            let line = (!lines.is_empty()).then(|| crate::protocol::batch_to_json(lines));
+                            let mut confirms = Confirms::default();
+                            let mut bytes = 0usize;
+                            let mut dropped = false;
+                            while let Some((id, droppable, line, c)) = answers.next().await {
+                                confirms.merge(c);
+                                let Some(line) = line else { continue };
+                                if droppable && bytes.saturating_add(line.len()) > max_bytes {
+                                    dropped = true;
+                                    let id = id.unwrap_or(Id::Null);
+                                    let err = over_limit(format!(
+                                        "batch answer too large: at most {max_bytes} bytes; ask for less in one batch"
+                                    ));
+                                    push_batch_item(&mut out, &Response::err(id, err).to_json());
+                                    continue;
+                                }
+                                bytes += line.len();
+                                push_batch_item(&mut out, &line);
+                            }
+                            if dropped {
+                                core.metrics.limit_rejected("batch_answer");
+                                shared.strike();
+                            }
+                            let line = (!out.is_empty()).then(|| {
+                                out.push(']');
+                                out
+                            });
                             let confirms = boxed(confirms);
                             let _ = out_tx.send(Outgoing { line, confirms, done: n }).await;
                         });
@@ -406,9 +531,15 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
         .lock()
         .map(|f| f.keys().cloned().collect())
         .unwrap_or_default();
+    shared.client.unsubscribed(subs.len());
+    // The connection no longer counts for its client, though request tasks may still run.
+    shared.client.close();
     core.hub.drop_session(subs, id);
     core.count_session(-1);
     let _ = sink.close().await;
+    if let Some(links) = links {
+        links.close().await;
+    }
 }
 
 /// The sender of finished requests, making the channel on first use.
@@ -431,6 +562,12 @@ async fn recv_outgoing(rx: &mut Option<mpsc::Receiver<Outgoing>>) -> Option<Outg
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Appends one serialized message to a batch line being built (`[` before the first).
+fn push_batch_item(out: &mut String, item: &str) {
+    out.push(if out.is_empty() { '[' } else { ',' });
+    out.push_str(item);
 }
 
 fn boxed(confirms: Confirms) -> Option<Box<Confirms>> {
@@ -566,7 +703,12 @@ async fn handle(core: Arc<Core>, shared: Arc<Shared>, read: Read) -> (Response, 
         }
     });
     match tokio::time::timeout(timeout, fut).await {
-        Ok((Ok(raw), confirms)) => (Response::ok(id, raw), confirms),
+        Ok((Ok(raw), confirms)) => {
+            // A long answer (a history, a big transaction) costs by its size.
+            shared.client.charge(answer_cost(raw.get().len()));
+            shared.strikes.store(0, Ordering::Relaxed);
+            (Response::ok(id, raw), confirms)
+        }
         Ok((Err(e), confirms)) => (Response::err(id, e), confirms),
         Err(_) => (
             Response::err(id, unavailable("request timed out")),
@@ -603,14 +745,18 @@ async fn dispatch(
             res.and_then(|s| raw(&s))
         }
         Kind::Unsubscribe => unsubscribe(core, shared, &call),
-        Kind::Read | Kind::Broadcast => read(core, &call).await,
+        Kind::Read | Kind::Broadcast => read(core, &call, shared.handle.links.as_ref()).await,
     };
     (result, confirms)
 }
 
 /// A routed read, in the form the wallet asked for.
-async fn read(core: &Core, call: &Call) -> Result<Box<RawValue>, RpcError> {
-    let answer = core.read(call).await?;
+async fn read(
+    core: &Core,
+    call: &Call,
+    links: Option<&Arc<Links>>,
+) -> Result<Box<RawValue>, RpcError> {
+    let answer = core.read_for(call, links).await?;
     match call.args {
         // id_from_pos is always asked with its merkle branch (what proves the txid); a wallet
         // that did not ask for the branch gets the txid alone.
@@ -630,11 +776,17 @@ async fn subscribe(core: &Arc<Core>, shared: &Arc<Shared>, call: &Call) -> Resul
         let Ok(mut forms) = shared.forms.lock() else {
             return Err(RpcError::internal("session state poisoned"));
         };
-        if !forms.contains_key(sh) && forms.len() >= core.cfg.limits.max_subscriptions_per_session {
-            return Err(RpcError::new(
-                EXCESSIVE_RESOURCE_USAGE,
-                "too many subscriptions on this connection",
-            ));
+        if !forms.contains_key(sh) {
+            if forms.len() >= core.cfg.limits.max_subscriptions_per_session {
+                core.metrics.limit_rejected("subscriptions");
+                shared.strike();
+                return Err(over_limit("too many subscriptions on this connection"));
+            }
+            if !shared.client.try_subscribe() {
+                core.metrics.limit_rejected("subscriptions");
+                shared.strike();
+                return Err(over_limit("too many subscriptions from your address"));
+            }
         }
         let f = forms.entry(sh.to_string()).or_default();
         match &call.address {
@@ -652,7 +804,12 @@ async fn subscribe(core: &Arc<Core>, shared: &Arc<Shared>, call: &Call) -> Resul
         Ok(status) => Ok(status),
         Err(e) => {
             if let Ok(mut forms) = shared.forms.lock() {
-                forms.remove(sh);
+                if forms.remove(sh).is_some() {
+                    shared.client.unsubscribed(1);
+                }
+            }
+            if e.code == SERVER_BUSY {
+                core.metrics.limit_rejected("subscriptions_global");
             }
             Err(e)
         }
@@ -675,6 +832,7 @@ fn unsubscribe(core: &Core, shared: &Shared, call: &Call) -> Result<Box<RawValue
     };
     if f.addresses.is_empty() && !f.by_scripthash {
         forms.remove(sh);
+        shared.client.unsubscribed(1);
         core.hub.unsubscribe(sh, shared.id);
     }
     raw(&had)

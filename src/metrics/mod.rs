@@ -109,10 +109,25 @@ pub struct Metrics {
     cache_misses: IntCounterVec,
     header_sync_height: IntGauge,
     header_sync_target: IntGauge,
+    limit_rejections: IntCounterVec,
+    abuse_disconnects: IntCounter,
     /// Serialises scrapes, and remembers which upstream labels are exported.
     scrape: Mutex<HashSet<String>>,
     events: Mutex<VecDeque<Event>>,
 }
+
+/// The `limit` label values of `limit_rejections_total`.
+pub const LIMITS: [&str; 9] = [
+    "sessions",
+    "handshakes",
+    "origin",
+    "connections",
+    "rate",
+    "subscriptions",
+    "subscriptions_global",
+    "batch",
+    "batch_answer",
+];
 
 fn name(s: &str) -> String {
     format!("{PREFIX}{s}")
@@ -338,10 +353,25 @@ impl Metrics {
                 "header_sync_target_height",
                 "Height the header sync is heading for.",
             ),
+            limit_rejections: b.counter_vec(
+                "limit_rejections_total",
+                "Wallet connections or requests refused by a limit, by limit: sessions (the \
+                 gateway's), handshakes (in progress on a listener), origin (a WebSocket \
+                 origin not allowed), connections (one client's), rate, subscriptions (one client's or \
+                 connection's), subscriptions_global, batch, batch_answer.",
+                &["limit"],
+            ),
+            abuse_disconnects: b.counter(
+                "abuse_disconnects_total",
+                "Wallet connections closed after `abuse_strikes` over-limit errors in a row.",
+            ),
             scrape: Mutex::new(HashSet::new()),
             events: Mutex::new(VecDeque::new()),
             registry: b.registry,
         };
+        for l in LIMITS {
+            m.limit_rejections.with_label_values(&[l]);
+        }
         for r in Reason::ALL {
             m.verification_failures.with_label_values(&[r.as_str()]);
         }
@@ -384,6 +414,16 @@ impl Metrics {
             guard.outcome = outcome(&out.0);
             out
         }
+    }
+
+    /// Counts a connection or request refused by a limit (one of [`LIMITS`]).
+    pub fn limit_rejected(&self, limit: &'static str) {
+        self.limit_rejections.with_label_values(&[limit]).inc();
+    }
+
+    /// Counts a connection closed for abuse.
+    pub fn abuse_disconnect(&self) {
+        self.abuse_disconnects.inc();
     }
 
     /// Counts a request answered from the cache.

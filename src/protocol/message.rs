@@ -249,6 +249,9 @@ pub enum ParseError {
     Json(String),
     /// JSON, but not a JSON-RPC message; carries the id if one could be read (answer -32600).
     Invalid(Option<Id>, String),
+    /// A batch of more requests than allowed (the bound it broke); answered with one error
+    /// for the whole batch, never one per item.
+    BatchTooLarge(usize),
 }
 
 impl ParseError {
@@ -257,6 +260,10 @@ impl ParseError {
         match self {
             ParseError::Json(m) => RpcError::parse_error(m.clone()),
             ParseError::Invalid(_, m) => RpcError::invalid_request(m.clone()),
+            ParseError::BatchTooLarge(max) => RpcError::new(
+                super::error::EXCESSIVE_RESOURCE_USAGE,
+                format!("batch too large: at most {max} requests in one batch"),
+            ),
         }
     }
 
@@ -265,6 +272,7 @@ impl ParseError {
         match self {
             ParseError::Json(_) => Id::Null,
             ParseError::Invalid(id, _) => id.clone().unwrap_or(Id::Null),
+            ParseError::BatchTooLarge(_) => Id::Null,
         }
     }
 }
@@ -274,6 +282,7 @@ impl fmt::Display for ParseError {
         match self {
             ParseError::Json(m) => write!(f, "parse error: {m}"),
             ParseError::Invalid(_, m) => write!(f, "invalid request: {m}"),
+            ParseError::BatchTooLarge(max) => write!(f, "batch of more than {max} requests"),
         }
     }
 }
@@ -382,10 +391,51 @@ fn from_wire(w: Wire) -> Result<Message, (Option<Id>, RpcError)> {
 
 /// Parses one line (or WebSocket message). Whitespace anywhere is tolerated.
 pub fn parse(text: &str) -> Result<Incoming, ParseError> {
+    parse_limited(text, usize::MAX)
+}
+
+/// Marks the error [`BoundedBatch`] stops with, to tell it from bad JSON.
+const BATCH_BOUND: &str = "\u{0}batch bound";
+
+/// A JSON array of at most `.0` raw items: reading stops at the first item past the bound,
+/// so an oversized batch costs no memory per item.
+struct BoundedBatch(usize);
+
+impl<'de> serde::de::Visitor<'de> for BoundedBatch {
+    type Value = Vec<Box<RawValue>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a batch of JSON-RPC messages")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Box<RawValue>>()? {
+            if items.len() >= self.0 {
+                return Err(serde::de::Error::custom(BATCH_BOUND));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// Like [`parse`], but a batch of more than `max_batch` items is refused as a whole
+/// ([`ParseError::BatchTooLarge`]) as soon as the item past the bound is read.
+pub fn parse_limited(text: &str, max_batch: usize) -> Result<Incoming, ParseError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let items: Vec<Box<RawValue>> =
-            serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let items = de
+            .deserialize_seq(BoundedBatch(max_batch))
+            .and_then(|items| de.end().map(|()| items))
+            .map_err(|e| {
+                if e.to_string().starts_with(BATCH_BOUND) {
+                    ParseError::BatchTooLarge(max_batch)
+                } else {
+                    ParseError::Json(e.to_string())
+                }
+            })?;
         if items.is_empty() {
             return Err(ParseError::Invalid(None, "empty batch".into()));
         }
@@ -449,6 +499,29 @@ pub fn from_raw<T: de::DeserializeOwned>(raw: &RawValue) -> Result<T, RpcError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_over_the_bound_is_one_error_without_reading_it_all() {
+        let ok = parse_limited("[0,0,0]", 3).unwrap();
+        assert!(matches!(ok, Incoming::Batch(ref v) if v.len() == 3));
+        let big = format!("[{}0]", "0,".repeat(500_000));
+        match parse_limited(&big, 1000) {
+            Err(e @ ParseError::BatchTooLarge(1000)) => {
+                assert_eq!(
+                    e.to_rpc_error().code,
+                    crate::protocol::error::EXCESSIVE_RESOURCE_USAGE
+                );
+                assert_eq!(e.id(), Id::Null);
+            }
+            other => panic!("expected BatchTooLarge, got {other:?}"),
+        }
+        // Bad JSON stays a parse error; trailing garbage too.
+        assert!(matches!(parse_limited("[0,", 10), Err(ParseError::Json(_))));
+        assert!(matches!(
+            parse_limited("[0] x", 10),
+            Err(ParseError::Json(_))
+        ));
+    }
 
     fn single(text: &str) -> Message {
         match parse(text).expect("parses") {

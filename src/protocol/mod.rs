@@ -12,8 +12,8 @@ pub use call::{Args, Call, ParseContext};
 pub use codec::{CodecError, LineCodec, DEFAULT_MAX_LINE};
 pub use error::RpcError;
 pub use message::{
-    batch_to_json, from_raw, parse, Id, Incoming, Message, Notification, ParseError, Request,
-    Response, SubscriptionKey,
+    batch_to_json, from_raw, parse, parse_limited, Id, Incoming, Message, Notification, ParseError,
+    Request, Response, SubscriptionKey,
 };
 pub use methods::{lookup, MethodInfo, Policy};
 pub use tip::{Tip, TipNotice};

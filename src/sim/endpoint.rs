@@ -41,6 +41,8 @@ pub(crate) struct Endpoint {
     by_method: Mutex<HashMap<String, u64>>,
     /// Every scripthash any connection asked about (subscribed to or read), ever.
     asked: Mutex<BTreeSet<Sh>>,
+    /// The same, per connection (closed ones included).
+    asked_by_conn: Mutex<HashMap<u64, BTreeSet<Sh>>>,
     view_cache: Mutex<Option<(ViewKey, Arc<View>)>>,
 }
 
@@ -55,6 +57,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             by_method: Mutex::new(HashMap::new()),
             asked: Mutex::new(BTreeSet::new()),
+            asked_by_conn: Mutex::new(HashMap::new()),
             view_cache: Mutex::new(None),
         }
     }
@@ -114,9 +117,18 @@ impl Endpoint {
         all
     }
 
-    /// Records a scripthash a connection asked about.
-    pub fn record_asked(&self, sh: Sh) {
+    /// Records a scripthash connection `conn` asked about.
+    pub fn record_asked(&self, conn: u64, sh: Sh) {
         lock(&self.asked).insert(sh);
+        lock(&self.asked_by_conn)
+            .entry(conn)
+            .or_default()
+            .insert(sh);
+    }
+
+    /// What each connection (closed ones included) asked about.
+    pub fn asked_by_connection(&self) -> Vec<BTreeSet<Sh>> {
+        lock(&self.asked_by_conn).values().cloned().collect()
     }
 
     /// Every scripthash any connection asked about since the endpoint started.

@@ -442,6 +442,16 @@ impl Sim {
             .collect()
     }
 
+    /// [`Sim::asked_scripthashes`] per connection, closed ones included: which scripthashes
+    /// arrived together on one connection (what lets a server link them).
+    pub fn asked_by_connection(&self, endpoint: usize) -> Vec<BTreeSet<String>> {
+        self.inner.endpoints[endpoint]
+            .asked_by_connection()
+            .iter()
+            .map(|set| set.iter().map(sh_hex).collect())
+            .collect()
+    }
+
     /// Requests the endpoint has answered so far (each request of a batch counts).
     pub fn requests(&self, endpoint: usize) -> u64 {
         self.inner.endpoints[endpoint].requests()

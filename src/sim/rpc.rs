@@ -38,6 +38,8 @@ pub(crate) struct SessionState {
     pub shared_subs: Arc<Mutex<BTreeSet<Sh>>>,
     /// Set when the connection must close once its answers are sent.
     pub close: bool,
+    /// The connection's id at its endpoint.
+    pub conn: u64,
 }
 
 /// One endpoint answering one request.
@@ -49,8 +51,8 @@ pub(crate) struct Call<'a> {
 
 impl Call<'_> {
     /// Records that the endpoint was asked about `sh` (what a server learns), and returns it.
-    fn asked(&self, sh: Sh) -> Sh {
-        self.inner.endpoints[self.endpoint].record_asked(sh);
+    fn asked(&self, conn: u64, sh: Sh) -> Sh {
+        self.inner.endpoints[self.endpoint].record_asked(conn, sh);
         sh
     }
 
@@ -188,7 +190,7 @@ impl Call<'_> {
                 Ok(fee_histogram(&self.view()))
             }
             "blockchain.scripthash.get_balance" => {
-                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
+                let sh = self.asked(state.conn, scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let (c, u) = self.view().balance(&sh);
                 let c = if self.faults.lie_balance {
                     c + BALANCE_LIE
@@ -205,20 +207,20 @@ impl Call<'_> {
                 Ok(json!({"confirmed": c, "unconfirmed": u}))
             }
             "blockchain.scripthash.get_history" => {
-                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
+                let sh = self.asked(state.conn, scripthash(params(req, &["scripthash"], 1)?[0])?);
                 Ok(history_json_as(
                     &served_history(&self.view(), self.faults, &sh),
                     self.faults,
                 ))
             }
             "blockchain.scripthash.get_mempool" => {
-                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
+                let sh = self.asked(state.conn, scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let h = served_history(&self.view(), self.faults, &sh);
                 let mem: Vec<HistEntry> = h.into_iter().filter(|e| e.height <= 0).collect();
                 Ok(history_json_as(&mem, self.faults))
             }
             "blockchain.scripthash.listunspent" => {
-                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
+                let sh = self.asked(state.conn, scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let mut list = listunspent_json(&self.view(), &sh);
                 if let (true, Value::Array(items)) = (self.faults.hide_mempool, &mut list) {
                     items.retain(|u| u["height"].as_i64().unwrap_or(0) > 0);
@@ -234,14 +236,14 @@ impl Call<'_> {
                 Ok(list)
             }
             "blockchain.scripthash.subscribe" => {
-                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
+                let sh = self.asked(state.conn, scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let st = status(&served_history(&self.view(), self.faults, &sh));
                 state.subs.insert(sh, st.clone());
                 lock(&state.shared_subs).insert(sh);
                 Ok(json!(st))
             }
             "blockchain.scripthash.unsubscribe" => {
-                let sh = self.asked(scripthash(params(req, &["scripthash"], 1)?[0])?);
+                let sh = self.asked(state.conn, scripthash(params(req, &["scripthash"], 1)?[0])?);
                 let was = state.subs.remove(&sh).is_some();
                 lock(&state.shared_subs).remove(&sh);
                 Ok(json!(was))

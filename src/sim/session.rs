@@ -62,6 +62,7 @@ pub(crate) async fn run(
     } = framed;
     let mut state = SessionState {
         shared_subs,
+        conn: id,
         ..SessionState::default()
     };
     let mut changes = inner.changes.subscribe();

@@ -56,6 +56,44 @@ impl Wallet {
         }
     }
 
+    /// Connects from another loopback address (`127.0.0.2`, ...), as another client would.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Wallet {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind a loopback address");
+        let s = socket.connect(addr).await.expect("connect to gateway");
+        let (r, w) = s.into_split();
+        Wallet {
+            reader: BufReader::new(r),
+            writer: w,
+            next_id: 1,
+            notifications: VecDeque::new(),
+            responses: Vec::new(),
+        }
+    }
+
+    /// Reads messages until the gateway closes the connection; returns them.
+    pub async fn read_until_closed(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+                .await
+                .expect("timed out waiting for the gateway to close the connection");
+            match n {
+                Ok(0) | Err(_) => return out,
+                Ok(_) => out.push(serde_json::from_str(&line).unwrap_or(Value::String(line))),
+            }
+        }
+    }
+
+    /// Sends a raw line; false when the gateway already closed the connection.
+    pub async fn try_send_line(&mut self, line: &str) -> bool {
+        self.writer.write_all(line.as_bytes()).await.is_ok()
+            && self.writer.write_all(b"\n").await.is_ok()
+    }
+
     /// Sends a raw line.
     pub async fn send_line(&mut self, line: &str) {
         self.writer.write_all(line.as_bytes()).await.expect("write");

@@ -43,6 +43,17 @@ pub const STATUS_PAGE: &str = include_str!("status.html");
 /// HTTP connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 256;
 
+/// Time a client has to send a request's headers, counted from when the connection opens or
+/// its previous answer went out: a keep-alive connection that sends nothing, or a client
+/// that trickles its headers, is closed after it, so idle sockets cannot hold every slot and
+/// lock out `/health` and `/metrics`.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection with no byte read or written over a whole period of this length (a request
+/// body trickled, an answer not read) is closed; checked once a period, so it goes after one
+/// to two periods.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Largest admin request body.
 const MAX_ADMIN_BODY: u32 = 1 << 20;
 
@@ -106,8 +117,7 @@ pub async fn serve_http(ctx: Arc<Core>, addr: SocketAddr) -> anyhow::Result<Sock
             let stopped = stop.clone().shutdown();
             tokio::spawn(async move {
                 let _permit = permit;
-                let served =
-                    jsonrpsee::server::serve_with_graceful_shutdown(stream, service, stopped).await;
+                let served = serve_connection(stream, service, stopped).await;
                 if let Err(e) = served {
                     tracing::debug!(error = %e, "HTTP connection ended");
                 }
@@ -115,6 +125,104 @@ pub async fn serve_http(ctx: Arc<Core>, addr: SocketAddr) -> anyhow::Result<Sock
         }
     });
     Ok(bound)
+}
+
+/// Serves one HTTP/1 connection until it closes, times out (headers not read within
+/// [`HEADER_READ_TIMEOUT`], or no progress for [`STALL_TIMEOUT`]) or the gateway stops (then
+/// gracefully: a request under way is answered).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    service: HttpService,
+    stopped: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let (io, progress) = Progress::wrap(stream);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(stopped, conn);
+    let mut last = progress.load(std::sync::atomic::Ordering::Relaxed);
+    let mut watchdog = tokio::time::interval(STALL_TIMEOUT);
+    watchdog.tick().await;
+    loop {
+        tokio::select! {
+            res = &mut conn => return res,
+            _ = &mut stopped => {
+                conn.as_mut().graceful_shutdown();
+                return conn.await;
+            }
+            _ = watchdog.tick() => {
+                let now = progress.load(std::sync::atomic::Ordering::Relaxed);
+                if now == last {
+                    return Err("HTTP connection stalled".into());
+                }
+                last = now;
+            }
+        }
+    }
+}
+
+/// A stream that counts its reads and writes, for [`serve_connection`]'s watchdog.
+struct Progress {
+    inner: tokio::net::TcpStream,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Progress {
+    fn wrap(inner: tokio::net::TcpStream) -> (Progress, Arc<std::sync::atomic::AtomicU64>) {
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        (
+            Progress {
+                inner,
+                count: count.clone(),
+            },
+            count,
+        )
+    }
+
+    fn tick<T>(&self, p: &Poll<std::io::Result<T>>) {
+        if let Poll::Ready(Ok(_)) = p {
+            self.count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Progress {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.tick(&p);
+        p
+    }
+}
+
+impl tokio::io::AsyncWrite for Progress {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.tick(&p);
+        p
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Routes one HTTP request.
