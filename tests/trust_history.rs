@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Net, Wallet};
+use electrum_gateway::config::PrivacyMode;
 use electrum_gateway::protocol::Policy;
 use electrum_gateway::sim::ADDRESSES;
 use electrum_gateway::verify::Reason;
@@ -198,6 +199,36 @@ async fn two_colluding_watchers_cannot_win_an_arbitration_with_an_invented_entry
     );
     assert!(snap.counters.failures_of(Reason::UnprovenHistory) > 0);
     assert!(!honest_upstream(&net).standing.sitting_out());
+}
+
+#[tokio::test]
+async fn the_invented_entry_is_refused_under_every_privacy_mode() {
+    // Under `off` the two liars are the best-ranked pair for every address; under `isolated`
+    // the proofs travel over the wallet's own connections. Neither lets the entry through.
+    for mode in [PrivacyMode::Off, PrivacyMode::Isolated] {
+        let net = Net::start_with(
+            &[
+                "127.0.0.1:0,fake-confirmed",
+                "127.0.0.1:0,fake-confirmed",
+                "127.0.0.1:0",
+            ],
+            |cfg| cfg.privacy.mode = mode,
+        )
+        .await;
+        net.wait_in_step(3).await;
+        let mut w = net.wallet().await;
+        for (a, answer) in ADDRESSES.iter().zip(histories(&mut w).await) {
+            assert!(!names_fake(&answer), "{mode:?}, {}: {answer}", a.address);
+        }
+        assert!(
+            net.gw
+                .snapshot()
+                .counters
+                .failures_of(Reason::UnprovenHistory)
+                > 0,
+            "{mode:?}"
+        );
+    }
 }
 
 #[tokio::test]
