@@ -92,7 +92,7 @@ pub struct VerifyConfig {
     pub cache_depth: u32,
     /// Prove every confirmed entry of a history before it reaches a wallet: its merkle proof,
     /// from the scripthash's own upstreams, against the verified header at its height (one
-    /// `get_merkle` per entry the first time, cached once `cache_depth` deep).
+    /// `get_merkle` per entry the first time, then cached while its block is on the chain).
     pub prove_history: bool,
 }
 

@@ -293,11 +293,9 @@ async fn a_fastest_history_is_proven_answer_by_answer() {
 
 #[tokio::test]
 async fn honest_histories_pass_and_their_proofs_are_cached() {
-    // Proofs are kept from one block deep, so a second read needs none.
-    let net = Net::start_with(&["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"], |cfg| {
-        cfg.verify.cache_depth = 1
-    })
-    .await;
+    // The proofs a history needed are kept whatever their depth (checked against their block
+    // on every use), so a second read needs none, not even for the newest entries.
+    let net = Net::start(&["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"]).await;
     net.wait_in_step(3).await;
     let mut honest = direct(&net, 0).await;
     let mut w = net.wallet().await;
@@ -342,11 +340,7 @@ async fn measure_the_cost_of_proving_histories() {
         for prove in [false, true] {
             let endpoint = format!("127.0.0.1:0,latency={latency}");
             let endpoints = [endpoint.as_str(), endpoint.as_str(), endpoint.as_str()];
-            let net = Net::start_with(&endpoints, |cfg| {
-                cfg.verify.prove_history = prove;
-                cfg.verify.cache_depth = 1;
-            })
-            .await;
+            let net = Net::start_with(&endpoints, |cfg| cfg.verify.prove_history = prove).await;
             net.wait_in_step(3).await;
             let mut w = net.wallet().await;
             let requests = |net: &Net| (0..3).map(|i| net.sim.requests(i)).sum::<u64>();

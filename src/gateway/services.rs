@@ -462,7 +462,13 @@ impl Core {
         }
         self.metrics.cache_miss(call.method());
         let routed = self.fetch_shared(call, Some(&key), scope).await?;
-        if !routed.uncorroborated {
+        if routed.uncorroborated {
+            // Served, never kept.
+        } else if scope.strict {
+            // A history's proof: its newest entries are proven again on every read.
+            self.cache
+                .put_proof_any_depth(tracker, call, key, &routed.raw, routed.block);
+        } else {
             self.cache
                 .put(tracker, call, key, &routed.raw, routed.block);
         }
