@@ -43,6 +43,12 @@ const PROOF_CONCURRENCY: usize = 16;
 /// Merkle proofs of histories in flight at once, over all wallets, so that many histories
 /// proven together do not flood the upstreams.
 const PROOFS_IN_FLIGHT: usize = 64;
+/// History entries remembered as proven ([`Core::not_yet_proven`]); past this the memory is
+/// started afresh (the proofs themselves stay in the answer cache).
+const PROVEN_ENTRIES: usize = 200_000;
+
+/// History entries proven, with the block each was proven in.
+type ProvenEntries = HashMap<(bitcoin::Txid, u32), bitcoin::BlockHash>;
 
 /// Everything a session needs, shared by all sessions.
 pub struct Core {
@@ -77,6 +83,9 @@ pub struct Core {
     inflight: Mutex<HashMap<String, Vec<Follower>>>,
     /// Bounds the history proofs in flight ([`PROOFS_IN_FLIGHT`]).
     proof_permits: tokio::sync::Semaphore,
+    /// History entries proven, so that reading a history again costs a lookup per entry
+    /// rather than a proof read ([`Core::not_yet_proven`]).
+    proven: Mutex<ProvenEntries>,
 }
 
 fn raw<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, RpcError> {
@@ -226,6 +235,8 @@ impl<'a> HistoryProof<'a> {
                 true,
             ));
         }
+        // Entries proven before, in the block still at their height, need nothing more.
+        let entries = self.core.not_yet_proven(entries);
         let mut proofs = futures::stream::iter(entries)
             .map(|(txid, height)| async move {
                 let res = self.core.prove_entry(txid, height, self.scope).await;
@@ -373,6 +384,7 @@ impl Core {
             sessions: AtomicI64::new(0),
             inflight: Mutex::new(HashMap::new()),
             proof_permits: tokio::sync::Semaphore::new(PROOFS_IN_FLIGHT),
+            proven: Mutex::new(HashMap::new()),
         }
     }
 
@@ -636,6 +648,41 @@ impl Core {
         matches!(reached, Ok(Ok(_)))
     }
 
+    /// The entries of `entries` not proven before in the block that is at their height now
+    /// (one look at the chain for them all).
+    fn not_yet_proven(&self, entries: Vec<(bitcoin::Txid, u32)>) -> Vec<(bitcoin::Txid, u32)> {
+        let Ok(proven) = self.proven.lock() else {
+            return entries;
+        };
+        if proven.is_empty() {
+            return entries;
+        }
+        self.pool.tracker().with_chain(|chain| {
+            entries
+                .into_iter()
+                .filter(|e| proven.get(e).map_or(true, |b| chain.hash(e.1) != Some(*b)))
+                .collect()
+        })
+    }
+
+    /// Remembers that `txid` was proven in the block at `height` on the verified chain now,
+    /// unless the chain reorganised since `reorgs` (the proof may have been of another block).
+    fn note_proven(&self, txid: bitcoin::Txid, height: u32, reorgs: u64) {
+        let tracker = self.pool.tracker();
+        let Some(block) = tracker.with_chain(|c| c.hash(height)) else {
+            return;
+        };
+        if tracker.reorgs() != reorgs {
+            return;
+        }
+        if let Ok(mut proven) = self.proven.lock() {
+            if proven.len() >= PROVEN_ENTRIES {
+                proven.clear();
+            }
+            proven.insert((txid, height), block);
+        }
+    }
+
     /// The merkle proof of `txid` in the verified block at `height`, read (and cached) like a
     /// wallet's `get_merkle`, from the upstreams `scope` allows.
     async fn prove_entry(
@@ -653,7 +700,10 @@ impl Core {
             .acquire()
             .await
             .map_err(|_| RpcError::internal("shutting down"))?;
-        self.read_in(&call, scope).await
+        let reorgs = self.pool.tracker().reorgs();
+        let proof = self.read_in(&call, scope).await?;
+        self.note_proven(txid, height, reorgs);
+        Ok(proof)
     }
 
     /// The set of upstreams a scripthash call goes to: its subscription's, when it has one
