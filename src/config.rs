@@ -90,6 +90,10 @@ pub struct VerifyConfig {
     pub cache_mib: u64,
     /// Merkle proofs are cached once their block is this deep.
     pub cache_depth: u32,
+    /// Prove every confirmed entry of a history before it reaches a wallet: its merkle proof,
+    /// from the scripthash's own upstreams, against the verified header at its height (one
+    /// `get_merkle` per entry the first time, then cached while its block is on the chain).
+    pub prove_history: bool,
 }
 
 impl Default for VerifyConfig {
@@ -101,6 +105,7 @@ impl Default for VerifyConfig {
             cache_entries: 50_000,
             cache_mib: 256,
             cache_depth: 6,
+            prove_history: true,
         }
     }
 }

@@ -176,7 +176,7 @@ impl AnswerCache {
 
     /// Keeps a checked answer to `call`, under its key, for as long as its row allows. A proof
     /// needs `proven`, the block its check proved it against; without it, or once that block
-    /// has left the verified chain, it is not kept.
+    /// has left the verified chain, it is not kept; nor before it is `cache_depth` deep.
     pub fn put(
         &self,
         tracker: &ChainTracker,
@@ -184,6 +184,32 @@ impl AnswerCache {
         key: String,
         raw: &RawValue,
         proven: Option<ProvenBlock>,
+    ) {
+        self.put_from_depth(tracker, call, key, raw, proven, self.depth);
+    }
+
+    /// [`AnswerCache::put`], keeping a proof from any depth: the proofs of a history's newest
+    /// entries, which every read of that history needs again. Still filed under the block it
+    /// was proven against, so it is dropped once that block leaves the verified chain.
+    pub fn put_proof_any_depth(
+        &self,
+        tracker: &ChainTracker,
+        call: &Call,
+        key: String,
+        raw: &RawValue,
+        proven: Option<ProvenBlock>,
+    ) {
+        self.put_from_depth(tracker, call, key, raw, proven, 1);
+    }
+
+    fn put_from_depth(
+        &self,
+        tracker: &ChainTracker,
+        call: &Call,
+        key: String,
+        raw: &RawValue,
+        proven: Option<ProvenBlock>,
+        depth: u32,
     ) {
         let validity = match (call.info.cache, call.proof_height()) {
             // Kept by status (`put_at_status`) or not at all.
@@ -198,7 +224,7 @@ impl AnswerCache {
                     return;
                 };
                 let (tip, hash) = tracker.with_chain(|c| (c.height(), c.hash(h)));
-                if hash != Some(block.hash) || tip.saturating_sub(h) + 1 < self.depth {
+                if hash != Some(block.hash) || tip.saturating_sub(h) + 1 < depth {
                     return;
                 }
                 Validity::Block(h, block.hash)

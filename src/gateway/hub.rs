@@ -15,7 +15,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::isolation::Links;
 use super::pool::Pool;
 use super::privacy::Set;
-use super::router::unavailable;
+use super::router::{unavailable, Refusal};
 use super::upstream::Upstream;
 use crate::chain::{parse_history, status_hash};
 use crate::client::{Client, ClientError, Subscription};
@@ -83,6 +83,20 @@ struct Entry {
     closed: Notify,
 }
 
+/// Proves the confirmed entries of a history (the gateway's services, under `[verify]
+/// prove_history`): the history an arbitration between watchers would apply must pass it.
+pub trait HistoryProver: Send + Sync {
+    /// Proves every confirmed entry of `raw`, a history of `scripthash`, asking only its `set`
+    /// (and the upstream that steps in for it), over `links` when the entry has them.
+    fn prove_history<'a>(
+        &'a self,
+        scripthash: &'a str,
+        set: Set,
+        links: Option<&'a Arc<Links>>,
+        raw: &'a serde_json::value::RawValue,
+    ) -> futures::future::BoxFuture<'a, Result<(), Refusal>>;
+}
+
 /// The subscription hub.
 pub struct Hub {
     pool: Arc<Pool>,
@@ -96,6 +110,8 @@ pub struct Hub {
     verify_statuses: bool,
     /// Most distinct scripthashes subscribed at once (`[limits] max_subscriptions`).
     max_scripthashes: usize,
+    /// Set once the services exist, when histories are proven.
+    prover: OnceLock<Weak<dyn HistoryProver>>,
 }
 
 fn key_of(sh: &str) -> u64 {
@@ -176,7 +192,13 @@ impl Hub {
             subscribe_timeout,
             verify_statuses,
             max_scripthashes,
+            prover: OnceLock::new(),
         })
+    }
+
+    /// Has arbitrations prove the history they would apply ([`HistoryProver`]).
+    pub fn set_prover(&self, prover: Weak<dyn HistoryProver>) {
+        let _ = self.prover.set(prover);
     }
 
     /// Distinct scripthashes subscribed by at least one session.
@@ -749,6 +771,33 @@ impl Hub {
             }
             asked.extend(self.histories(entry, std::mem::take(&mut rest)).await);
         };
+        // Each answering upstream and its history as given (to prove the winner's).
+        let given: HashMap<usize, (Arc<Upstream>, Box<serde_json::value::RawValue>)> = asked
+            .into_iter()
+            .filter_map(|(up, res)| res.ok().map(|raw| (up.id, (up, raw))))
+            .collect();
+        let links = entry_links(entry);
+        // Two upstreams that agree could still be two liars: the history they agree on must be
+        // proven before its status reaches wallets or the other side is penalised.
+        let prover = self.prover.get().and_then(Weak::upgrade);
+        let winning = agreeing.first().and_then(|id| given.get(id));
+        if let (Some(prover), Some((_, raw))) = (prover, winning) {
+            let proven = prover
+                .prove_history(&entry.scripthash, entry.set, links.as_ref(), raw)
+                .await;
+            if let Err(refusal) = proven {
+                if let Some(reason) = refusal.blame {
+                    for (up, _) in agreeing.iter().filter_map(|id| given.get(id)) {
+                        self.pool.penalize(up, reason);
+                    }
+                }
+                tracing::warn!(
+                    "the status most upstreams agree on has a history that was not proven; \
+                     asking again"
+                );
+                return;
+            }
+        }
         let mut i = 0;
         while i < watchers.len() {
             let w = &watchers[i];

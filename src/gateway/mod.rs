@@ -19,6 +19,7 @@
 //!
 //! Verification itself lives in [`crate::verify`]; metrics in [`crate::metrics`].
 
+pub(crate) mod broadcast;
 pub(crate) mod cache;
 pub(crate) mod candidates;
 pub mod fds;
@@ -94,6 +95,11 @@ impl Gateway {
             shutdown.clone(),
         )?;
         let core = Arc::new(Core::new(cfg.clone(), pool.clone(), metrics, shutdown));
+        if cfg.verify.prove_history {
+            let as_prover: Arc<dyn hub::HistoryProver> = core.clone();
+            let prover = Arc::downgrade(&as_prover);
+            core.hub.set_prover(prover);
+        }
         pool.start();
         let mut gw = Gateway {
             core: core.clone(),

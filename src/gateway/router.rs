@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::broadcast::{broadcast_verdict, is_already_known, most_common, txid_of_hex};
 use super::isolation::Links;
 use super::pool::Pool;
 use super::privacy::Set;
@@ -65,8 +66,17 @@ pub struct Router {
 
 /// The error a wallet sees when no upstream could answer.
 pub fn unavailable(reason: &str) -> RpcError {
-    RpcError::new(DAEMON_ERROR, format!("no upstream could answer: {reason}"))
+    RpcError::new(DAEMON_ERROR, format!("{UNAVAILABLE}{reason}"))
 }
+
+/// True for the error [`unavailable`] makes: no upstream gave an answer of its own (they
+/// failed to answer, or their answers failed verification).
+pub fn is_unavailable(e: &RpcError) -> bool {
+    e.code == DAEMON_ERROR && e.message.starts_with(UNAVAILABLE)
+}
+
+/// How [`unavailable`] errors begin.
+const UNAVAILABLE: &str = "no upstream could answer: ";
 
 fn client_error_to_rpc(e: ClientError) -> RpcError {
     match e {
@@ -93,12 +103,21 @@ fn worth_retrying(e: &ClientError) -> bool {
 /// Where a wallet's read may go: the scripthash's upstream set under `[privacy] mode =
 /// "spread"` (its subscription's; `None`: its default set), and the wallet connection's own
 /// upstream connections under `isolated` (`None`: the pool's).
+///
+/// A call that names no scripthash (a merkle proof of one of its history's entries) may be tied
+/// to one (`scripthash`), and kept to its set and the one upstream that steps in (`strict`).
 #[derive(Clone, Copy, Default)]
 pub struct Scope<'a> {
     /// The scripthash's set.
     pub set: Option<Set>,
     /// The wallet connection's own upstream connections.
     pub links: Option<&'a Arc<Links>>,
+    /// The scripthash whose keyed order and set the call goes by; a scripthash call's own when
+    /// `None`.
+    pub scripthash: Option<&'a str>,
+    /// Only the set and the one upstream that steps in, never further (under `spread`), and
+    /// each of them is asked before the call fails: one member's refusal is not the answer.
+    pub strict: bool,
 }
 
 /// Upstreams to ask, in order, and how many of them are within reach without need.
@@ -163,6 +182,30 @@ pub trait Confirm: Sync {
         client: &'a Client,
         raw: &'a RawValue,
     ) -> BoxFuture<'a, Result<(), ClientError>>;
+
+    /// Proves an answer a vote decided before it is served (the default: nothing to prove).
+    /// A refusal fails the vote: its backers are penalised when it says so, and the vote is
+    /// taken again.
+    fn prove<'a>(&'a self, _raw: &'a RawValue) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Why [`Confirm::prove`] refused a decided answer.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// What the wallet gets if no other answer passes.
+    pub error: RpcError,
+    /// When the answer is shown false: the reason its backers are penalised for.
+    pub blame: Option<Reason>,
+}
+
+/// A voted answer that won, before [`Confirm::prove`]: who gave it, and who lost to it (to be
+/// penalised only once it is proven).
+struct Decided {
+    routed: Routed,
+    backers: Vec<Arc<Upstream>>,
+    outvoted: Vec<Arc<Upstream>>,
 }
 
 /// No step beyond the check.
@@ -311,13 +354,25 @@ impl Router {
 
     /// The upstreams that may answer `call`, in the order to ask them, and how many of them
     /// are within reach without need (for a scripthash under `spread`: its set, see
-    /// [`Pool::ranked_for_scripthash`]; otherwise all).
+    /// [`Pool::ranked_for_scripthash`]; otherwise all). A [`Scope::strict`] scope keeps to
+    /// the set and the one upstream that steps in.
     fn candidates(&self, call: &Call, scope: Scope<'_>) -> Candidates {
-        match &call.args {
-            Args::ScriptHash(sh) => self
-                .pool
-                .ranked_for_scripthash(call.info.tip, sh, scope.set),
-            _ => {
+        let scripthash = match (scope.scripthash, &call.args) {
+            (Some(sh), _) => Some(sh),
+            (None, Args::ScriptHash(sh)) => Some(sh.as_str()),
+            _ => None,
+        };
+        match scripthash {
+            Some(sh) => {
+                let (mut ranked, reach) =
+                    self.pool
+                        .ranked_for_scripthash(call.info.tip, sh, scope.set);
+                if scope.strict && self.pool.privacy().spread() {
+                    ranked.truncate(reach.saturating_add(1));
+                }
+                (ranked, reach)
+            }
+            None => {
                 let ranked = self.pool.ranked_for(call.info.tip);
                 let n = ranked.len();
                 (ranked, n)
@@ -408,7 +463,9 @@ impl Router {
                             }
                         }
                         Err(e) => {
-                            let retry = worth_retrying(&e) || !ballots.is_empty();
+                            // In a strict scope every upstream it allows is asked before the
+                            // read fails: one member's refusal is not the answer.
+                            let retry = worth_retrying(&e) || !ballots.is_empty() || scope.strict;
                             keep_telling(&mut first_error, e);
                             if retry && next < ranked.len() {
                                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -494,6 +551,11 @@ impl Router {
     /// the confirmed part but their mempools still differ, the answer keeps the unconfirmed
     /// entries a majority reports ([`super::vote::settle`]); otherwise the wallet gets an error
     /// rather than an answer that may be false.
+    ///
+    /// A decided answer must still pass [`Confirm::prove`] (a history: every confirmed entry's
+    /// merkle proof) before it is served and before the outvoted are penalised: one it refuses
+    /// costs its backers a penalty and the vote is taken again (within the same patience), so
+    /// upstreams that agree on an unprovable answer never get an honest minority penalised.
     pub async fn quorum(
         &self,
         call: &Call,
@@ -503,6 +565,7 @@ impl Router {
         let deadline = tokio::time::Instant::now() + VOTE_PATIENCE;
         let mut events = self.pool.events();
         let mut round = 0;
+        let mut refused: Option<RpcError> = None;
         loop {
             round += 1;
             let last = tokio::time::Instant::now() >= deadline;
@@ -517,8 +580,38 @@ impl Router {
                     )))
                 });
             match once {
-                Ok(answer) => return answer,
-                Err(NoMajority(e)) if last => return Err(e),
+                Ok(Ok(decided)) => match confirm.prove(&decided.routed.raw).await {
+                    Ok(()) => {
+                        for up in &decided.outvoted {
+                            self.pool.penalize(up, Reason::VoteMinority);
+                        }
+                        return Ok(decided.routed);
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(
+                            method = call.method(),
+                            backers = decided.backers.len(),
+                            blamed = refusal.blame.is_some(),
+                            "a voted answer was refused"
+                        );
+                        tracing::debug!(
+                            method = call.method(),
+                            "refused: {}",
+                            refusal.error.message
+                        );
+                        if let Some(reason) = refusal.blame {
+                            for up in &decided.backers {
+                                self.pool.penalize(up, reason);
+                            }
+                        }
+                        if last || tokio::time::Instant::now() >= deadline {
+                            return Err(refusal.error);
+                        }
+                        refused = Some(refusal.error);
+                    }
+                },
+                Ok(Err(e)) => return Err(e),
+                Err(NoMajority(e)) if last => return Err(refused.unwrap_or(e)),
                 Err(NoMajority(e)) => {
                     tracing::debug!(method = call.method(), round, "no vote yet: {e}");
                     let pause = deadline
@@ -536,7 +629,7 @@ impl Router {
         last: bool,
         confirm: &dyn Confirm,
         scope: Scope<'_>,
-    ) -> Result<Result<Routed, RpcError>, NoMajority> {
+    ) -> Result<Result<Decided, RpcError>, NoMajority> {
         let (ranked, reach) = self.candidates(call, scope);
         if ranked.is_empty() {
             return Err(NoMajority(unavailable(
@@ -679,15 +772,26 @@ impl Router {
             // Outvoted upstreams are penalised only when their confirmed part differs: honest
             // mempools differ for a while after a transaction (one server saw it first).
             let winning_confirmed = chosen.as_ref().map(|(raw, _)| confirmed_key(call, raw));
-            for (up, (raw, _), _, _) in &answers {
-                if outcome.outvoted.contains(&up.id)
-                    && winning_confirmed.as_deref() != Some(confirmed_key(call, raw).as_str())
-                {
-                    self.pool.penalize(up, Reason::VoteMinority);
-                }
-            }
+            let outvoted = answers
+                .iter()
+                .filter(|(up, (raw, _), _, _)| {
+                    outcome.outvoted.contains(&up.id)
+                        && winning_confirmed.as_deref() != Some(confirmed_key(call, raw).as_str())
+                })
+                .map(|(up, _, _, _)| up.clone())
+                .collect();
+            let backed_by = answers
+                .iter()
+                .zip(&whole)
+                .filter(|(_, b)| won(b))
+                .map(|((up, _, _, _), _)| up.clone())
+                .collect();
             return Ok(chosen
-                .map(|answer| Routed::new(call, answer, backers))
+                .map(|answer| Decided {
+                    routed: Routed::new(call, answer, backers),
+                    backers: backed_by,
+                    outvoted,
+                })
                 .ok_or_else(|| unavailable("every upstream failed")));
         }
         if last {
@@ -702,6 +806,12 @@ impl Router {
                     .filter(|(_, b)| b.key == winner && at(b))
                     .map(|((_, (raw, _), _, _), _)| &**raw)
                     .collect();
+                let backed_by: Vec<Arc<Upstream>> = answers
+                    .iter()
+                    .zip(&confirmed)
+                    .filter(|(_, b)| b.key == winner && at(b))
+                    .map(|((up, _, _, _), _)| up.clone())
+                    .collect();
                 let all: Vec<&RawValue> = answers
                     .iter()
                     .zip(&confirmed)
@@ -709,7 +819,11 @@ impl Router {
                     .map(|((_, (raw, _), _, _), _)| &**raw)
                     .collect();
                 if let Some(answer) = settle(call, &agreed, &all) {
-                    return Ok(Ok(Routed::new(call, (answer, None), agreed.len())));
+                    return Ok(Ok(Decided {
+                        routed: Routed::new(call, (answer, None), agreed.len()),
+                        backers: backed_by,
+                        outvoted: Vec::new(),
+                    }));
                 }
             }
         }
@@ -864,88 +978,9 @@ impl Router {
     }
 }
 
-/// The verdict on a broadcast from the upstreams in step so far: `Some(true)` once at least two
-/// accepted it and rejections cannot outnumber acceptances even if every pending one rejects;
-/// `Some(false)` once that can no longer happen; `None` while pending answers may decide.
-/// (Policy differences such as full-RBF or a higher minimum fee on one server are outvoted by
-/// the others either way.)
-pub fn broadcast_verdict(accepted: usize, rejected: usize, pending: usize) -> Option<bool> {
-    if accepted >= 2 && accepted > rejected + pending {
-        Some(true)
-    } else if accepted + pending < 2 || rejected >= accepted + pending {
-        Some(false)
-    } else if pending == 0 {
-        // Two or more accepted but as many rejected: no majority either way.
-        Some(false)
-    } else {
-        None
-    }
-}
-
-/// The error message given most often (the first of those tied).
-fn most_common(errors: &[RpcError]) -> Option<RpcError> {
-    errors
-        .iter()
-        .max_by_key(|e| {
-            (
-                errors.iter().filter(|o| o.message == e.message).count(),
-                std::cmp::Reverse(errors.iter().position(|o| o.message == e.message)),
-            )
-        })
-        .cloned()
-}
-
-/// True for a node's "I have this transaction already" rejection. Bitcoin Core 28 and
-/// later say "Transaction outputs already in utxo set" for a confirmed transaction.
-pub fn is_already_known(e: &RpcError) -> bool {
-    let m = e.message.to_ascii_lowercase();
-    m.contains("already known")
-        || m.contains("already-known")
-        || m.contains("already in utxo set")
-        || m.contains("already in block chain")
-        || m.contains("already in the block chain")
-        || m.contains("txn-already-in-mempool")
-        || m.contains("already in mempool")
-}
-
-/// The txid of a raw transaction in hex, if it parses.
-pub fn txid_of_hex(raw: &str) -> Option<String> {
-    use bitcoin::consensus::Decodable;
-    use bitcoin::hex::FromHex;
-    let bytes = Vec::<u8>::from_hex(raw).ok()?;
-    let tx = bitcoin::Transaction::consensus_decode(&mut bytes.as_slice()).ok()?;
-    Some(tx.compute_txid().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_broadcast_needs_two_upstreams_and_no_majority_against_it() {
-        // One acceptance, however fast, is not enough.
-        assert_eq!(broadcast_verdict(1, 0, 1), None);
-        assert_eq!(broadcast_verdict(1, 0, 0), Some(false));
-        assert_eq!(broadcast_verdict(1, 1, 0), Some(false));
-        // Two acceptances out of three: success once the third cannot outweigh them.
-        assert_eq!(broadcast_verdict(2, 0, 1), Some(true));
-        assert_eq!(broadcast_verdict(2, 1, 0), Some(true));
-        // A liar accepting what two honest upstreams reject.
-        assert_eq!(broadcast_verdict(1, 2, 0), Some(false));
-        assert_eq!(broadcast_verdict(1, 1, 1), None);
-        // Two against two: no majority.
-        assert_eq!(broadcast_verdict(2, 2, 0), Some(false));
-        assert_eq!(broadcast_verdict(2, 1, 1), None);
-        let e = |m: &str| RpcError::new(2, m);
-        assert_eq!(
-            most_common(&[e("a"), e("b"), e("b")]).map(|e| e.message),
-            Some("b".to_string())
-        );
-        assert_eq!(
-            most_common(&[e("a"), e("b")]).map(|e| e.message),
-            Some("a".to_string())
-        );
-    }
 
     #[test]
     fn a_corroborated_answer_needs_two_and_a_majority() {
@@ -966,19 +1001,12 @@ mod tests {
     }
 
     #[test]
-    fn already_known_rejections() {
-        assert!(is_already_known(&RpcError::new(2, "txn-already-known")));
-        assert!(is_already_known(&RpcError::new(
-            2,
-            "Transaction already in block chain"
+    fn unavailable_errors_are_told_from_upstream_answers() {
+        assert!(is_unavailable(&unavailable("every upstream failed")));
+        assert!(!is_unavailable(&RpcError::new(
+            DAEMON_ERROR,
+            "No such mempool or blockchain transaction"
         )));
-        assert!(is_already_known(&RpcError::new(
-            1,
-            "the transaction was rejected by network rules.\n\nTransaction outputs already in utxo set\n[02...]"
-        )));
-        assert!(!is_already_known(&RpcError::new(
-            2,
-            "bad-txns-inputs-missingorspent"
-        )));
+        assert!(!is_unavailable(&RpcError::new(1, "tx is not in a block")));
     }
 }

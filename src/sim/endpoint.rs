@@ -37,6 +37,8 @@ pub(crate) struct Endpoint {
     listener: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     conns: Mutex<HashMap<u64, Conn>>,
     requests: AtomicU64,
+    /// Requests answered, by method.
+    by_method: Mutex<HashMap<String, u64>>,
     /// Every scripthash any connection asked about (subscribed to or read), ever.
     asked: Mutex<BTreeSet<Sh>>,
     /// The same, per connection (closed ones included).
@@ -53,6 +55,7 @@ impl Endpoint {
             listener: tokio::sync::Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            by_method: Mutex::new(HashMap::new()),
             asked: Mutex::new(BTreeSet::new()),
             asked_by_conn: Mutex::new(HashMap::new()),
             view_cache: Mutex::new(None),
@@ -80,6 +83,16 @@ impl Endpoint {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request for `method`.
+    pub fn count_method(&self, method: &str) {
+        *lock(&self.by_method).entry(method.to_string()).or_insert(0) += 1;
+    }
+
+    /// Requests for `method` answered so far.
+    pub fn requests_of(&self, method: &str) -> u64 {
+        lock(&self.by_method).get(method).copied().unwrap_or(0)
     }
 
     pub fn connections(&self) -> usize {

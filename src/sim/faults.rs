@@ -42,6 +42,13 @@ pub struct Faults {
     /// `fake-mempool`: every scripthash's history, mempool, unspent list and balance carry an
     /// unconfirmed payment that does not exist, and statuses are computed with it.
     pub fake_mempool: bool,
+    /// `fake-confirmed`: every scripthash's history carries a confirmed entry at height 1 with
+    /// a transaction that does not exist (statuses are computed with it, so they pass vetting),
+    /// and `get_merkle` for that transaction answers a made-up branch.
+    pub fake_confirmed: bool,
+    /// `no-merkle`: `get_merkle` refuses every transaction as not in a block (code 1), as a
+    /// server that will not prove what it lists.
+    pub no_merkle: bool,
     /// `string-heights`: history heights are written as strings.
     pub string_heights: bool,
     /// `accept-all`: every broadcast that decodes as a transaction is "accepted" with its txid,
@@ -146,6 +153,8 @@ impl Faults {
             }
             "wrong-tx" => self.wrong_tx = flag(value)?,
             "fake-mempool" => self.fake_mempool = flag(value)?,
+            "fake-confirmed" => self.fake_confirmed = flag(value)?,
+            "no-merkle" => self.no_merkle = flag(value)?,
             "string-heights" => self.string_heights = flag(value)?,
             "accept-all" => self.accept_all = flag(value)?,
             "fee-garbage" => self.fee_garbage = flag(value)?,
@@ -238,6 +247,8 @@ impl fmt::Display for Faults {
             (self.bad_header, "bad-header"),
             (self.wrong_tx, "wrong-tx"),
             (self.fake_mempool, "fake-mempool"),
+            (self.fake_confirmed, "fake-confirmed"),
+            (self.no_merkle, "no-merkle"),
             (self.string_heights, "string-heights"),
             (self.accept_all, "accept-all"),
             (self.fee_garbage, "fee-garbage"),
@@ -350,14 +361,16 @@ mod tests {
         assert!(!e.faults.lie_history);
 
         let e: EndpointSpec =
-            "ssl://localhost:0,drop-after=3,stall,lag=2,fork=4,deep-fork=3000,lie-history,bad-merkle,bad-header,wrong-tx,inner-node,strip-witness,alter-witness,flap=5,version=1.4,software=electrs/0.11"
+            "ssl://localhost:0,drop-after=3,stall,lag=2,fork=4,deep-fork=3000,lie-history,bad-merkle,bad-header,wrong-tx,fake-confirmed,no-merkle,inner-node,strip-witness,alter-witness,flap=5,version=1.4,software=electrs/0.11"
                 .parse()
                 .unwrap();
         assert_eq!(e.url.scheme, Scheme::Ssl);
         let f = &e.faults;
         assert_eq!(f.drop_after, Some(3));
         assert!(f.stall && f.lie_history && f.bad_merkle && f.bad_header && f.wrong_tx);
-        assert!(f.inner_node && f.strip_witness && f.alter_witness);
+        assert!(
+            f.inner_node && f.strip_witness && f.alter_witness && f.fake_confirmed && f.no_merkle
+        );
         assert_eq!((f.lag, f.fork, f.flap_secs), (2, 4, Some(5)));
         assert_eq!(f.deep_fork, Some(3000));
         assert_eq!(f.protocol_max(), (1, 4, 0));

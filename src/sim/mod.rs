@@ -457,6 +457,11 @@ impl Sim {
         self.inner.endpoints[endpoint].requests()
     }
 
+    /// Requests for `method` the endpoint has answered so far (or refused with an error).
+    pub fn requests_of(&self, endpoint: usize, method: &str) -> u64 {
+        self.inner.endpoints[endpoint].requests_of(method)
+    }
+
     /// Stops every endpoint and ends every connection.
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);

@@ -119,6 +119,7 @@ impl Call<'_> {
     pub fn answer(&self, state: &mut SessionState, req: &Request) -> Result<Value, RpcError> {
         self.check_available(state, &req.method)?;
         let m = req.method.as_str();
+        self.inner.endpoints[self.endpoint].count_method(m);
         match m {
             "server.version" => self.server_version(state, req),
             "server.features" => {
@@ -464,7 +465,22 @@ impl Call<'_> {
             Some(v) if !v.is_null() => Some(height_param(Some(v), "height")?),
             _ => None,
         };
+        if self.faults.no_merkle {
+            return Err(RpcError::bad_request(format!(
+                "tx {txid} is not in a block"
+            )));
+        }
         let view = self.view();
+        if self.faults.fake_confirmed && txid.to_string() == FAKE_CONFIRMED_TXID {
+            // A branch of the right length for the block, made up: it folds to another root.
+            let len = view.block(FAKE_CONFIRMED_HEIGHT).map_or(1, |b| {
+                crate::chain::merkle::branch_length(b.txids.len()).max(1)
+            });
+            let merkle: Vec<String> = (0..len)
+                .map(|i| format!("{:02x}", 0x5a + i).repeat(32))
+                .collect();
+            return Ok(json!({"block_height": FAKE_CONFIRMED_HEIGHT, "merkle": merkle, "pos": 1}));
+        }
         let (height, pos) = view
             .tx(&txid)
             .and_then(|l| l.block)
@@ -589,10 +605,29 @@ const FAKE_TXID: &str = "fa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4efa4
 /// Its amount.
 const FAKE_PAYMENT_SATS: u64 = 21_000_000;
 
+/// The txid of the confirmed payment `fake-confirmed` invents.
+const FAKE_CONFIRMED_TXID: &str =
+    "c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1c0f1";
+/// The block `fake-confirmed` claims it in.
+const FAKE_CONFIRMED_HEIGHT: u32 = 1;
+
 /// History as served: under `lie-history` the newest confirmed entry is dropped; under
-/// `fake-mempool` an invented unconfirmed payment is added.
+/// `fake-mempool` an invented unconfirmed payment is added; under `fake-confirmed` an invented
+/// confirmed one, first (height 1).
 pub(crate) fn served_history(view: &View, faults: &Faults, sh: &Sh) -> Vec<HistEntry> {
     let mut h = view.history(sh);
+    if faults.fake_confirmed && view.blocks().len() > FAKE_CONFIRMED_HEIGHT as usize {
+        if let Ok(txid) = FAKE_CONFIRMED_TXID.parse() {
+            h.insert(
+                0,
+                HistEntry {
+                    height: i64::from(FAKE_CONFIRMED_HEIGHT),
+                    txid,
+                    fee: None,
+                },
+            );
+        }
+    }
     if faults.lie_history {
         if let Some(i) = h.iter().rposition(|e| e.height > 0) {
             h.remove(i);

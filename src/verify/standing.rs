@@ -34,6 +34,9 @@ pub enum Reason {
     /// A transaction's witness differs from the one the other upstreams' majority returns
     /// (the txid does not cover it), or a verbose answer's wtxid is not its transaction's.
     BadWitness,
+    /// A history it gave (or voted for) names a confirmed transaction that no upstream of the
+    /// scripthash could prove in the verified block at that height.
+    UnprovenHistory,
     /// Header chain: a chain that does not start at the network's genesis.
     BadGenesis,
     /// Header chain: a header that does not link to its parent.
@@ -69,6 +72,7 @@ impl Reason {
         Reason::Silent,
         Reason::Flood,
         Reason::BadWitness,
+        Reason::UnprovenHistory,
         Reason::BadGenesis,
         Reason::BadLink,
         Reason::BadTarget,
@@ -95,6 +99,7 @@ impl Reason {
             Reason::Silent => "silent",
             Reason::Flood => "flood",
             Reason::BadWitness => "bad_witness",
+            Reason::UnprovenHistory => "unproven_history",
             Reason::BadGenesis => "bad_genesis",
             Reason::BadLink => "bad_link",
             Reason::BadTarget => "bad_target",
