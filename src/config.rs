@@ -242,6 +242,11 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// The most requests `[limits] max_pending_per_session` may allow.
+pub const MAX_PENDING_PER_SESSION: usize = 1_000_000;
+/// The most answers `[verify] cache_entries` may keep.
+pub const MAX_CACHE_ENTRIES: usize = 10_000_000;
+
 /// Converts seconds from the config into a duration, clamping nonsense to sane bounds.
 pub fn secs(v: f64) -> Duration {
     if v.is_finite() && v > 0.0 {
@@ -306,6 +311,16 @@ impl Config {
         }
         if self.limits.max_pending_per_session == 0 || self.limits.max_line_bytes < 1024 {
             anyhow::bail!("limits: max_pending_per_session >= 1 and max_line_bytes >= 1024");
+        }
+        // Sizes taken at once: a session's queue of answers (tokio refuses a channel of more
+        // than usize::MAX >> 3 with a panic) and the answer cache's index (allocated whole).
+        if self.limits.max_pending_per_session > MAX_PENDING_PER_SESSION {
+            anyhow::bail!(
+                "limits.max_pending_per_session must be at most {MAX_PENDING_PER_SESSION}"
+            );
+        }
+        if self.verify.cache_entries > MAX_CACHE_ENTRIES {
+            anyhow::bail!("verify.cache_entries must be at most {MAX_CACHE_ENTRIES}");
         }
         if self.limits.max_sessions == 0 {
             anyhow::bail!("limits.max_sessions must be at least 1");
@@ -439,6 +454,9 @@ mod tests {
             "[upstreams]\nrequest_timeout_secs = -1",
             "[upstreams]\nreconnect_initial_secs = 10\nreconnect_max_secs = 1",
             "[verify]\npenalty_secs = nan",
+            // Sizes taken whole at start or at a first request.
+            "[limits]\nmax_pending_per_session = 4611686018427387904",
+            "[verify]\ncache_entries = 1099511627776",
         ] {
             let e = Config::from_toml(bad).expect_err(bad).to_string();
             let key = bad.lines().last().unwrap().split(' ').next().unwrap();
