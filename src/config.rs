@@ -344,6 +344,11 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// The most requests `[limits] max_pending_per_session` may allow.
+pub const MAX_PENDING_PER_SESSION: usize = 1_000_000;
+/// The most answers `[verify] cache_entries` may keep.
+pub const MAX_CACHE_ENTRIES: usize = 10_000_000;
+
 /// Converts seconds from the config into a duration, clamping nonsense to sane bounds.
 pub fn secs(v: f64) -> Duration {
     if v.is_finite() && v > 0.0 {
@@ -415,6 +420,16 @@ impl Config {
         }
         if self.limits.max_pending_per_session == 0 || self.limits.max_line_bytes < 1024 {
             anyhow::bail!("limits: max_pending_per_session >= 1 and max_line_bytes >= 1024");
+        }
+        // Sizes taken at once: a session's queue of answers (tokio refuses a channel of more
+        // than usize::MAX >> 3 with a panic) and the answer cache's index (allocated whole).
+        if self.limits.max_pending_per_session > MAX_PENDING_PER_SESSION {
+            anyhow::bail!(
+                "limits.max_pending_per_session must be at most {MAX_PENDING_PER_SESSION}"
+            );
+        }
+        if self.verify.cache_entries > MAX_CACHE_ENTRIES {
+            anyhow::bail!("verify.cache_entries must be at most {MAX_CACHE_ENTRIES}");
         }
         if self.limits.max_sessions == 0 {
             anyhow::bail!("limits.max_sessions must be at least 1");
@@ -630,6 +645,9 @@ mod tests {
             "[listen]\ndrain_secs = -1",
             "[listen]\nproxy_protocol_from = [\"10.0.0.0/33\"]",
             "[listen]\nproxy_protocol_from = [\"balancer.example\"]",
+            // Sizes taken whole at start or at a first request.
+            "[limits]\nmax_pending_per_session = 4611686018427387904",
+            "[verify]\ncache_entries = 1099511627776",
         ] {
             let e = Config::from_toml(bad).expect_err(bad).to_string();
             let key = bad.lines().last().unwrap().split(' ').next().unwrap();

@@ -30,6 +30,9 @@ pub mod transport;
 pub mod bench;
 #[cfg(feature = "gateway")]
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 #[cfg(feature = "gateway")]

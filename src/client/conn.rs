@@ -802,32 +802,7 @@ impl Shared {
         let raw = answer.map_err(|e| {
             ClientError::Protocol(format!("server refused version negotiation: {e}"))
         })?;
-        let bad = || {
-            let mut shown: String = raw.get().chars().take(200).collect();
-            if shown.len() < raw.get().len() {
-                shown.push('…');
-            }
-            ClientError::Protocol(format!("unexpected server.version answer {shown}"))
-        };
-        let items: Vec<Value> = serde_json::from_str(raw.get()).map_err(|_| bad())?;
-        let (Some(Value::String(software)), Some(Value::String(protocol))) =
-            (items.first(), items.get(1))
-        else {
-            return Err(bad());
-        };
-        let version = parse_version(protocol).ok_or_else(bad)?;
-        let min = parse_version(&c.protocol_min);
-        let max = parse_version(&c.protocol_max);
-        if min.is_some_and(|m| version < m) || max.is_some_and(|m| version > m) {
-            return Err(ClientError::Protocol(format!(
-                "server chose protocol {protocol}, outside {}..{}",
-                c.protocol_min, c.protocol_max
-            )));
-        }
-        Ok(ServerInfo {
-            software: software.clone(),
-            protocol: protocol.clone(),
-        })
+        version_answer(c, &raw)
     }
 
     /// Sends every subscription again; the reader delivers values that changed.
@@ -916,6 +891,37 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// Reads a server's answer to `server.version` (`[software, protocol]`) and checks that the
+/// protocol it chose is within what `c` offered.
+fn version_answer(c: &ClientConfig, raw: &RawValue) -> Result<ServerInfo, ClientError> {
+    let bad = || {
+        let mut shown: String = raw.get().chars().take(200).collect();
+        if shown.len() < raw.get().len() {
+            shown.push('…');
+        }
+        ClientError::Protocol(format!("unexpected server.version answer {shown}"))
+    };
+    let items: Vec<Value> = serde_json::from_str(raw.get()).map_err(|_| bad())?;
+    let (Some(Value::String(software)), Some(Value::String(protocol))) =
+        (items.first(), items.get(1))
+    else {
+        return Err(bad());
+    };
+    let version = parse_version(protocol).ok_or_else(bad)?;
+    let min = parse_version(&c.protocol_min);
+    let max = parse_version(&c.protocol_max);
+    if min.is_some_and(|m| version < m) || max.is_some_and(|m| version > m) {
+        return Err(ClientError::Protocol(format!(
+            "server chose protocol {protocol}, outside {}..{}",
+            c.protocol_min, c.protocol_max
+        )));
+    }
+    Ok(ServerInfo {
+        software: software.clone(),
+        protocol: protocol.clone(),
+    })
+}
+
 async fn write_loop(mut sink: FrameSink, mut rx: mpsc::UnboundedReceiver<String>) -> String {
     while let Some(line) = rx.recv().await {
         if let Err(e) = sink.feed(line).await {
@@ -1001,3 +1007,6 @@ pub(crate) async fn run(
         };
     }
 }
+
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;

@@ -42,7 +42,7 @@
 //! # }
 //! ```
 
-mod conn;
+pub(crate) mod conn;
 pub use conn::NOTIFICATION_FLOOD;
 pub(crate) mod connect;
 pub mod tls;

@@ -732,6 +732,23 @@ fn electrum_entry(host: &str, map: Map<String, Value>) -> Result<ServerInfo, Str
                 info.pruning_limit = de_pruning(v).map_err(|e| e.to_string())?;
             }
             "version" => info.version = de_version(v).map_err(|e| e.to_string())?,
+            // Names of the entry's own fields are those fields, not extra keys: kept in `extra`
+            // they would be written twice, and read back as something else.
+            "nickname" | "ip_addr" => {
+                let text = match v {
+                    Value::Null => None,
+                    Value::String(s) => Some(s),
+                    other => return Err(format!("invalid {k} {other}")),
+                };
+                if k == "nickname" {
+                    info.nickname = text;
+                } else {
+                    info.ip_addr = text;
+                }
+            }
+            "pruning_limit" => {
+                info.pruning_limit = de_pruning(v).map_err(|e| e.to_string())?;
+            }
             _ => {
                 info.extra.insert(k, v);
             }

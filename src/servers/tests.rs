@@ -120,6 +120,26 @@ fn electrum_wallet_format_is_read() {
     }
 }
 
+/// Found by fuzzing (server_list): in the Electrum wallet's format, a key named like one of an
+/// entry's own fields went into its extra keys, so the list was written with the key twice and
+/// did not read back as it was.
+#[test]
+fn electrum_wallet_entries_with_field_names_round_trip() {
+    let text = r#"{"e.example.com": {"ip_addr": "-", "nickname": "e", "pruning_limit": "10",
+        "s": "50002", "seen_at": 5}}"#;
+    let list = ServerList::from_json(text).unwrap();
+    let info = list.get("e.example.com").unwrap();
+    assert_eq!(info.ip_addr.as_deref(), Some("-"));
+    assert_eq!(info.nickname.as_deref(), Some("e"));
+    assert_eq!(info.pruning_limit, 10);
+    assert_eq!(info.extra.keys().collect::<Vec<_>>(), ["seen_at"]);
+    let written = list.to_json();
+    assert_eq!(written.matches("\"ip_addr\"").count(), 1, "{written}");
+    let back = ServerList::from_json(&written).unwrap();
+    assert_eq!(back.to_json(), written);
+    assert!(ServerList::from_json(r#"{"e.example.com": {"s": "1", "ip_addr": 7}}"#).is_err());
+}
+
 #[test]
 fn connectrum_constructor_quirks() {
     // Ports as a space-separated string or a bare TCP port number; version and pruning mixed

@@ -213,7 +213,11 @@ pub(super) fn percent_decode(s: &str, plus_is_space: bool) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' if plus_is_space => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
+            // Two hex digits exactly: `u8::from_str_radix` alone would also take a sign.
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(b) => {
@@ -289,6 +293,16 @@ mod tests {
         assert_eq!(form_param("q=%zz%4", "q").as_deref(), Some("%zz%4"));
         assert_eq!(form_param("q=%FF", "q").as_deref(), Some("\u{fffd}"));
         assert_eq!(percent_decode("a+b%20c", false), "a+b c");
+    }
+
+    /// Found by fuzzing (explorer_query): `%+0` decoded as the byte 0, because
+    /// `u8::from_str_radix` takes a leading `+`. Only `%` and two hex digits is an escape.
+    #[test]
+    fn a_sign_is_not_a_hex_digit() {
+        assert_eq!(percent_decode("r%+0f10+ro", true), "r% 0f10 ro");
+        assert_eq!(percent_decode("%+f%-1%+", false), "%+f%-1%+");
+        assert_eq!(form_param("q=%+41", "q").as_deref(), Some("% 41"));
+        assert_eq!(percent_decode("%4a%4A", false), "JJ");
     }
 
     #[test]

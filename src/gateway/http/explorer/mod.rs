@@ -332,6 +332,8 @@ fn parse_txid(s: &str) -> Result<Txid, Failure> {
 }
 
 mod fetch;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod html;
 mod pages;
 
