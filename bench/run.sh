@@ -21,7 +21,7 @@
 #             of growth and reports how far it got
 #   fanout    FANOUT_WALLETS (10,000) wallets subscribed to headers: block to notification
 #   failover  the upstream in use is killed under load
-#   privacy   the cost of `[privacy] mode = "spread"` (the default) against `off`: gateways
+#   privacy   the cost of `[privacy] mode = "spread"` (the default) and `isolated` against `off`: gateways
 #             with the default policies, get_balance and the mix at 16 x 8, get_balance 1 x 1,
 #             and WALLETS wallets subscribing to SUBS scripthashes
 #   electrumx three real ElectrumX (.venv, see .ci/run) fed by a simulated bitcoind:
@@ -340,7 +340,7 @@ fi
 if phase privacy; then
 echo "== privacy: spread against off" >&2
 for r in $(seq "$REPS"); do
-  for mode in off spread; do
+  for mode in off spread isolated; do
     start_sim sim-p "${SIM_PORTS[@]}"
     sim=$LAST_PID
     GW_PRIVACY=$mode start_gateway gw-p-$mode $((P + 200)) default "${SIM_PORTS[@]}"
@@ -605,20 +605,24 @@ PRIVACY=$WORK/privacy.md
   echo "## The cost of privacy"
   echo
   echo "Gateways with the default policies (scripthash reads voted) in front of the three"
-  echo "endpoints, \`[privacy] mode = \"spread\"\` (the default) against \`off\`; medians of $REPS."
+  echo "endpoints, \`[privacy] mode\` \`spread\` (the default) and \`isolated\` against \`off\`;"
+  echo "medians of $REPS."
   echo
-  echo "| measurement | off | spread | spread / off |"
-  echo "|---|---:|---:|---:|"
+  echo "| measurement | off | spread | isolated | spread / off | isolated / off |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  prow() { # LABEL OFF SPREAD ISOLATED
+    echo "| $1 | $(fmt "$2") | $(fmt "$3") | $(fmt "$4") | $(ratio "$3" "$2") | $(ratio "$4" "$2") |"
+  }
   for m in blockchain.scripthash.get_balance mix; do
-    o=$(j "priv-off-$m" .rps) s=$(j "priv-spread-$m" .rps)
-    echo "| $(short "$m"), 16 x 8: req/s | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
-    o=$(j "priv-off-$m" .cpu_us_per_request) s=$(j "priv-spread-$m" .cpu_us_per_request)
-    echo "| $(short "$m"): CPU per answer (us) | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
+    prow "$(short "$m"), 16 x 8: req/s" "$(j "priv-off-$m" .rps)" "$(j "priv-spread-$m" .rps)" \
+      "$(j "priv-isolated-$m" .rps)"
+    prow "$(short "$m"): CPU per answer (us)" "$(j "priv-off-$m" .cpu_us_per_request)" \
+      "$(j "priv-spread-$m" .cpu_us_per_request)" "$(j "priv-isolated-$m" .cpu_us_per_request)"
   done
-  o=$(j privlat-off .latency_us.p50) s=$(j privlat-spread .latency_us.p50)
-  echo "| get_balance, 1 x 1: latency p50 (us) | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
-  o=$(j privsubs-off '.subscribe_s * 1000') s=$(j privsubs-spread '.subscribe_s * 1000')
-  echo "| $WALLETS wallets subscribe to $SUBS scripthashes: ms | $(fmt "$o") | $(fmt "$s") | $(ratio "$s" "$o") |"
+  prow "get_balance, 1 x 1: latency p50 (us)" "$(j privlat-off .latency_us.p50)" \
+    "$(j privlat-spread .latency_us.p50)" "$(j privlat-isolated .latency_us.p50)"
+  prow "$WALLETS wallets subscribe to $SUBS scripthashes: ms" "$(j privsubs-off '.subscribe_s * 1000')" \
+    "$(j privsubs-spread '.subscribe_s * 1000')" "$(j privsubs-isolated '.subscribe_s * 1000')"
 } >"$PRIVACY"
 cat "$PRIVACY"
 
