@@ -545,10 +545,42 @@ async fn handshake(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures::{SinkExt, StreamExt};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A TLS client trusting `id`'s certificate: writes `prefix` in the clear (a PROXY
+    /// protocol header), then over TLS a `{"ping":1}` line, and returns the line it reads back.
+    pub(crate) async fn tls_ping(
+        addr: SocketAddr,
+        id: TlsIdentity,
+        prefix: &'static [u8],
+    ) -> String {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(id.cert_der().to_vec()))
+            .unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(prefix).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut r = BufReader::new(tls);
+        r.get_mut().write_all(b"{\"ping\":1}\n").await.unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        line
+    }
 
     #[tokio::test]
     async fn tcp_lines_and_bad_tls_client_do_not_stop_listener() {
@@ -570,30 +602,7 @@ mod tests {
         let mut bad = TcpStream::connect(addr).await.unwrap();
         bad.write_all(b"hello, not tls\n").await.unwrap();
         // A good TLS client.
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(id.cert_der().to_vec()))
-            .unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let client = tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                .connect(name, tcp)
-                .await
-                .unwrap();
-            let mut r = BufReader::new(tls);
-            r.get_mut().write_all(b"{\"ping\":1}\n").await.unwrap();
-            let mut line = String::new();
-            r.read_line(&mut line).await.unwrap();
-            line
-        });
+        let client = tokio::spawn(tls_ping(addr, id.clone(), b""));
         let (mut framed, _) = l.accept().await;
         assert_eq!(framed.stream.next().await.unwrap().unwrap(), "{\"ping\":1}");
         framed.sink.send("{\"pong\":1}".into()).await.unwrap();

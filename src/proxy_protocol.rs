@@ -249,7 +249,6 @@ mod tests {
         use crate::listen::{ListenOptions, Listener, TlsIdentity};
         use futures::{SinkExt, StreamExt};
         use std::sync::Arc;
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let id = TlsIdentity::generate_localhost().unwrap();
         let options = ListenOptions {
             tls: Some(id.server_config().unwrap()),
@@ -259,35 +258,11 @@ mod tests {
         let url = "ssl://127.0.0.1:0".parse().unwrap();
         let mut listener = Listener::bind(&url, options).await.unwrap();
         let addr = listener.local_addr();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from(
-                id.cert_der().to_vec(),
-            ))
-            .unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let client = tokio::spawn(async move {
-            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tcp.write_all(b"PROXY TCP4 198.51.100.9 127.0.0.1 1234 50002\r\n")
-                .await
-                .unwrap();
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                .connect(name, tcp)
-                .await
-                .unwrap();
-            let mut r = BufReader::new(tls);
-            r.get_mut().write_all(b"{\"ping\":1}\n").await.unwrap();
-            let mut line = String::new();
-            r.read_line(&mut line).await.unwrap();
-            line
-        });
+        let client = tokio::spawn(crate::listen::tests::tls_ping(
+            addr,
+            id.clone(),
+            b"PROXY TCP4 198.51.100.9 127.0.0.1 1234 50002\r\n",
+        ));
         let (mut framed, peer) = listener.accept().await;
         assert_eq!(peer, "198.51.100.9:1234".parse::<SocketAddr>().unwrap());
         assert_eq!(framed.stream.next().await.unwrap().unwrap(), "{\"ping\":1}");
