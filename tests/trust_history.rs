@@ -74,19 +74,29 @@ fn confirmed(history: &Value) -> usize {
         .unwrap_or(0)
 }
 
+/// Three upstreams, the first two inventing the same confirmed payment (`fake-confirmed`), the
+/// gateway's configuration changed by `tweak`; once all three are in step.
+async fn colluders(tweak: impl FnOnce(&mut electrum_gateway::config::Config)) -> Net {
+    let net = Net::start_with(
+        &[
+            "127.0.0.1:0,fake-confirmed",
+            "127.0.0.1:0,fake-confirmed",
+            "127.0.0.1:0",
+        ],
+        tweak,
+    )
+    .await;
+    net.wait_in_step(3).await;
+    net
+}
+
 #[tokio::test]
 async fn two_colluding_upstreams_cannot_add_a_confirmed_transaction() {
     // Two of three upstreams invent the same confirmed payment, with a status that fits it and
     // a made-up proof: together they win any vote. Over the eight addresses their keyed sets
     // put the two liars in every position (both in the set, one in it and the other stepping
     // in, the honest one in it).
-    let net = Net::start(&[
-        "127.0.0.1:0,fake-confirmed",
-        "127.0.0.1:0,fake-confirmed",
-        "127.0.0.1:0",
-    ])
-    .await;
-    net.wait_in_step(3).await;
+    let net = colluders(|_| {}).await;
     let mut honest = direct(&net, 2).await;
     let mut w = net.wallet().await;
     let answers = histories(&mut w).await;
@@ -169,13 +179,7 @@ async fn two_colluding_watchers_cannot_win_an_arbitration_with_an_invented_entry
     // statuses; the arbitration that follows asks the set and the upstream that steps in, where
     // the two liars are the majority. The history they agree on must be proven first: it is
     // not, so they are penalised, and the honest watcher is neither penalised nor replaced.
-    let net = Net::start(&[
-        "127.0.0.1:0,fake-confirmed",
-        "127.0.0.1:0,fake-confirmed",
-        "127.0.0.1:0",
-    ])
-    .await;
-    net.wait_in_step(3).await;
+    let net = colluders(|_| {}).await;
     let mut w = net.wallet().await;
     for a in ADDRESSES.iter() {
         // The replies may wait for the watchers to agree; the penalties are what is watched.
@@ -206,16 +210,7 @@ async fn the_invented_entry_is_refused_under_every_privacy_mode() {
     // Under `off` the two liars are the best-ranked pair for every address; under `isolated`
     // the proofs travel over the wallet's own connections. Neither lets the entry through.
     for mode in [PrivacyMode::Off, PrivacyMode::Isolated] {
-        let net = Net::start_with(
-            &[
-                "127.0.0.1:0,fake-confirmed",
-                "127.0.0.1:0,fake-confirmed",
-                "127.0.0.1:0",
-            ],
-            |cfg| cfg.privacy.mode = mode,
-        )
-        .await;
-        net.wait_in_step(3).await;
+        let net = colluders(|cfg| cfg.privacy.mode = mode).await;
         let mut w = net.wallet().await;
         for (a, answer) in ADDRESSES.iter().zip(histories(&mut w).await) {
             assert!(!names_fake(&answer), "{mode:?}, {}: {answer}", a.address);
@@ -235,16 +230,7 @@ async fn the_invented_entry_is_refused_under_every_privacy_mode() {
 async fn without_proofs_two_colluding_upstreams_decide_a_history() {
     // What `prove_history = false` trusts: the same two liars win the vote with the invented
     // payment wherever they are the scripthash's set.
-    let net = Net::start_with(
-        &[
-            "127.0.0.1:0,fake-confirmed",
-            "127.0.0.1:0,fake-confirmed",
-            "127.0.0.1:0",
-        ],
-        |cfg| cfg.verify.prove_history = false,
-    )
-    .await;
-    net.wait_in_step(3).await;
+    let net = colluders(|cfg| cfg.verify.prove_history = false).await;
     let mut w = net.wallet().await;
     let answers = histories(&mut w).await;
     assert!(
