@@ -84,13 +84,6 @@ async fn connections_per_client_are_limited_and_released() {
     held[0].call("server.ping", json!([])).await;
 }
 
-/// Connects to `to` from the loopback address `from`.
-async fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    socket.connect(to).await.unwrap()
-}
-
 #[tokio::test]
 async fn one_client_cannot_hold_every_handshake_place() {
     let net = Net::start_with(&["127.0.0.1:0"], |c| {
@@ -103,11 +96,11 @@ async fn one_client_cannot_hold_every_handshake_place() {
     // Three WebSocket handshakes that never finish, from 127.0.0.2: its share.
     let mut stalled = Vec::new();
     for _ in 0..3 {
-        stalled.push(connect_from("127.0.0.2", ws).await);
+        stalled.push(common::tcp_from(ws, [127, 0, 0, 2].into()).await);
     }
     // A fourth from it is closed at once, long before the handshake timeout.
     until("the fourth handshake refused", || async {
-        let mut extra = connect_from("127.0.0.2", ws).await;
+        let mut extra = common::tcp_from(ws, [127, 0, 0, 2].into()).await;
         let mut buf = [0u8; 1];
         match tokio::time::timeout(WAIT / 4, extra.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => Some(()),
@@ -117,7 +110,7 @@ async fn one_client_cannot_hold_every_handshake_place() {
     .await;
     assert!(rejections(&net, "handshakes_per_client") >= 1);
     // Another client completes its handshake and is served meanwhile.
-    let other = connect_from("127.0.0.3", ws).await;
+    let other = common::tcp_from(ws, [127, 0, 0, 3].into()).await;
     let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{ws}/"), other)
         .await
         .expect("another client's handshake");

@@ -26,6 +26,16 @@ use http::{http, Reply};
 /// Generous bound for anything a test awaits; only hit when something is broken.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A TCP connection to `addr` from the loopback address `local` (`127.0.0.2`, ...): another
+/// client as far as per-client limits go.
+pub async fn tcp_from(addr: SocketAddr, local: std::net::IpAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .expect("bind a loopback address");
+    socket.connect(addr).await.expect("connect to gateway")
+}
+
 /// A wallet speaking newline-delimited JSON-RPC over TCP.
 pub struct Wallet {
     reader: BufReader<OwnedReadHalf>,
@@ -58,19 +68,7 @@ impl Wallet {
 
     /// Connects from another loopback address (`127.0.0.2`, ...), as another client would.
     pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Wallet {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind(SocketAddr::new(local, 0))
-            .expect("bind a loopback address");
-        let s = socket.connect(addr).await.expect("connect to gateway");
-        let (r, w) = s.into_split();
-        Wallet {
-            reader: BufReader::new(r),
-            writer: w,
-            next_id: 1,
-            notifications: VecDeque::new(),
-            responses: Vec::new(),
-        }
+        Wallet::from_stream(tcp_from(addr, local).await)
     }
 
     /// Reads messages until the gateway closes the connection; returns them.
