@@ -66,8 +66,10 @@ pub(crate) fn read_lines(lines: &[&str]) -> usize {
     }
     for mut rx in calls {
         if let Ok(Ok(Ok(raw))) = rx.try_recv() {
+            // JSON, as RFC 8259 reads it: a number beyond f64 (`1e2000080000205`) is JSON that
+            // `Value` cannot hold, and every reader of an answer handles that as an error.
             assert!(
-                serde_json::from_str::<Value>(raw.get()).is_ok(),
+                serde_json::from_str::<serde::de::IgnoredAny>(raw.get()).is_ok(),
                 "{}",
                 raw.get()
             );
