@@ -119,7 +119,14 @@ pub(crate) struct Shared {
     last_read: AtomicU64,
     /// Flushing requests sent to servers that hold answers back.
     pub(crate) nudges: AtomicU64,
+    /// Takes scripthash notifications no [`Subscription`] takes ([`super::StatusSink`]).
+    sink: std::sync::OnceLock<Arc<dyn super::StatusSink>>,
+    /// Tells this client from every other in the process.
+    pub(crate) id: u64,
 }
+
+/// Numbers the clients of the process.
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
 /// How a connection ended.
 struct Ended {
@@ -150,7 +157,38 @@ impl Shared {
             epoch: std::time::Instant::now(),
             last_read: AtomicU64::new(0),
             nudges: AtomicU64::new(0),
+            sink: std::sync::OnceLock::new(),
+            id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Sets where scripthash notifications that no [`Subscription`] takes go; false when a
+    /// sink was set already (it stays).
+    pub(crate) fn set_sink(&self, sink: Arc<dyn super::StatusSink>) -> bool {
+        self.sink.set(sink).is_ok()
+    }
+
+    /// True once a sink is set.
+    pub(crate) fn has_sink(&self) -> bool {
+        self.sink.get().is_some()
+    }
+
+    /// Sends a request whose answer nobody needs; false when no connection is up to take it.
+    pub(crate) fn cast(&self, method: &str, params: Vec<Value>) -> bool {
+        let mut st = self.lock();
+        if st.conn != ConnectionState::Connected {
+            return false;
+        }
+        let Some(link) = &st.link else { return false };
+        let id = self.next_id();
+        if link
+            .send(Request::new(Id::Num(id), method, params).to_json())
+            .is_err()
+        {
+            return false;
+        }
+        st.pending.insert(id, Pending::Ignore);
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -567,6 +605,17 @@ impl Shared {
         let key = n.subscription_key();
         let mut st = self.lock();
         let Some(entry) = st.subs.get_mut(&key) else {
+            drop(st);
+            if let (Some(sink), SCRIPTHASH_SUBSCRIBE, [Value::String(sh), status]) =
+                (self.sink.get(), n.method.as_str(), n.params.as_slice())
+            {
+                if sink.status(sh, status) {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "{NOTIFICATION_FLOOD}: more notifications for one scripthash than are taken"
+                ));
+            }
             debug!(method = %n.method, params = %key.params, "notification for no subscription; ignored");
             return Ok(());
         };
@@ -619,6 +668,9 @@ impl Shared {
             st.conn = ConnectionState::Disconnected;
         }
         info!(server = %self.config.server, %reason, "disconnected");
+        if let Some(sink) = self.sink.get() {
+            sink.lost();
+        }
         self.emit(ClientEvent::Disconnected {
             reason: reason.to_string(),
         });

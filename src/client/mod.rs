@@ -539,6 +539,28 @@ impl Client {
         self.shared().events.subscribe()
     }
 
+    /// Sets where this connection's scripthash notifications that no [`Subscription`] takes
+    /// go ([`StatusSink`]). A client has at most one sink: false when one was set already.
+    pub fn set_status_sink(&self, sink: Arc<dyn StatusSink>) -> bool {
+        self.shared().set_sink(sink)
+    }
+
+    /// True once a [`StatusSink`] is set.
+    pub fn has_status_sink(&self) -> bool {
+        self.shared().has_sink()
+    }
+
+    /// Sends a request without waiting for its answer (which is dropped), such as
+    /// `blockchain.scripthash.unsubscribe`. False when no connection is up to send it on.
+    pub fn cast(&self, method: &str, params: Vec<Value>) -> bool {
+        self.shared().cast(method, params)
+    }
+
+    /// Tells this client from every other in the process (clones share it).
+    pub fn id(&self) -> u64 {
+        self.shared().id
+    }
+
     /// The server this client talks to.
     pub fn url(&self) -> &ServerUrl {
         &self.shared().config.server
@@ -572,6 +594,21 @@ fn convert_address(
         address::script_hash(addr, network).map_err(|e| ClientError::Address(e.to_string()))?;
     params[0] = Value::String(sh);
     Ok((twin.to_string(), params))
+}
+
+/// Takes a connection's scripthash notifications that no [`Subscription`] takes: those of
+/// subscriptions made with plain requests (`Client::request("blockchain.scripthash.subscribe",
+/// ..)`) by an owner that keeps its own table of them, as the gateway's subscription hub does
+/// (one table for every upstream connection instead of a stream per subscription). Set with
+/// [`Client::set_status_sink`].
+pub trait StatusSink: Send + Sync {
+    /// The server says `scripthash`'s status is now `status`. Called on the connection's
+    /// reader, in the order the server sent it: it must not block. False when the server sends
+    /// more than is taken (a flood): the connection is closed with a reason starting with
+    /// [`NOTIFICATION_FLOOD`].
+    fn status(&self, scripthash: &str, status: &Value) -> bool;
+    /// The connection was lost or closed: the server dropped every subscription made on it.
+    fn lost(&self);
 }
 
 /// The values of one subscription after the initial one, as a [`Stream`]. The stream ends
