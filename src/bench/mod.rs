@@ -124,6 +124,11 @@ pub struct BenchArgs {
     /// the start (`subscriptions`, `fanout`), and report what was reached; 0: no limit.
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     pub max_rss_growth_mib: u64,
+    /// Seconds to wait after the last subscription is answered before `--pid`'s memory is read
+    /// again (`subscriptions`), the wallets still connected: the memory held once the burst of
+    /// subscribing is over, besides the memory at its end; 0: not measured.
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    pub settle: f64,
     /// A process to kill with SIGKILL during the run (`failover`): an upstream server.
     #[arg(long, value_name = "PID")]
     pub kill_pid: Option<u32>,
@@ -178,6 +183,11 @@ pub struct Memory {
     pub per_connection_bytes: f64,
     /// (subscribed - connected) / subscriptions answered, bytes.
     pub per_subscription_bytes: Option<f64>,
+    /// `--settle` seconds after the last answer, with every wallet still connected and
+    /// subscribed: what holding the subscriptions costs once the burst's state is gone.
+    pub settled_kb: Option<u64>,
+    /// (settled - connected) / subscriptions answered, bytes.
+    pub per_subscription_settled_bytes: Option<f64>,
     /// subscribed - start, bytes: what the connections and subscriptions cost together.
     pub growth_bytes: u64,
 }
@@ -327,6 +337,9 @@ impl Report {
             if let Some(p) = m.per_subscription_bytes {
                 s.push_str(&format!(", {p:.0} B per subscription"));
             }
+            if let (Some(k), Some(p)) = (m.settled_kb, m.per_subscription_settled_bytes) {
+                s.push_str(&format!("; settled {k}, {p:.0} B per subscription"));
+            }
             s.push('\n');
         }
         if let (Some(r), Some(last)) = (self.rounds, &self.last_wallet_us) {
@@ -386,6 +399,9 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let kill_in_window =
         args.kill_after.is_finite() && args.kill_after >= 0.0 && args.kill_after < args.duration;
+    if !(args.settle.is_finite() && args.settle >= 0.0) {
+        anyhow::bail!("--settle must be a number of seconds, 0 or more");
+    }
     if !(args.subscribe_limit.is_finite() && args.subscribe_limit >= 0.0) {
         anyhow::bail!("--subscribe-limit must not be negative");
     }

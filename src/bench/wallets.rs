@@ -88,6 +88,14 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let subscribe_s = began.elapsed().as_secs_f64();
     limits.abort();
     let subscribed_kb = rss()?;
+    // The wallets stay connected (their connections are in `framed`) while the burst's state
+    // is freed.
+    let settled_kb = if args.settle > 0.0 {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(args.settle)).await;
+        rss()?
+    } else {
+        None
+    };
     let answered = ok + errors;
     // The headers subscriptions of `fanout` are not scripthash subscriptions.
     let answered_scripthashes = answered.saturating_sub(if fanout { n as u64 } else { 0 });
@@ -112,6 +120,12 @@ pub(super) async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 subscribed.saturating_sub(connected) as f64 * 1024.0 / answered_scripthashes as f64
             }),
             growth_bytes: subscribed.saturating_sub(start).saturating_mul(1024),
+            settled_kb,
+            per_subscription_settled_bytes: settled_kb.filter(|_| answered_scripthashes > 0).map(
+                |settled| {
+                    settled.saturating_sub(connected) as f64 * 1024.0 / answered_scripthashes as f64
+                },
+            ),
         });
     }
     match control.as_mut() {

@@ -28,6 +28,7 @@ pub(crate) mod hub;
 pub(crate) mod isolation;
 pub mod limits;
 pub(crate) mod local;
+pub mod memory;
 pub(crate) mod order;
 pub(crate) mod pool;
 pub(crate) mod privacy;
@@ -101,6 +102,7 @@ impl Gateway {
             core.hub.set_prover(prover);
         }
         pool.start();
+        tokio::spawn(memory::run(core.shutdown.clone()));
         let mut gw = Gateway {
             core: core.clone(),
             tcp: None,

@@ -326,7 +326,7 @@ impl Pool {
         let elapsed = start.elapsed();
         up.record(&res, elapsed);
         let failed = matches!(&res, Err(e) if !matches!(e, ClientError::Rpc(_)));
-        self.metrics.observe_upstream(&up.name(), elapsed, failed);
+        self.metrics.observe_upstream(&up.label(), elapsed, failed);
         let raw = res?;
         match check(&raw) {
             Verdict::Proven | Verdict::ProvenIn(_) => Ok(raw),
@@ -393,13 +393,13 @@ impl Pool {
 
     /// Every slot in `scripthash`'s keyed order ([`Privacy::order`]).
     pub fn private_order(&self, scripthash: &str) -> Vec<usize> {
-        let urls: Vec<(usize, String)> = self
+        let urls: Vec<(usize, Arc<str>)> = self
             .upstreams
             .iter()
-            .map(|u| (u.id, u.url().to_string()))
+            .map(|u| (u.id, u.url_text()))
             .collect();
         self.privacy
-            .order(scripthash, urls.iter().map(|(id, u)| (*id, u.as_str())))
+            .order(scripthash, urls.iter().map(|(id, u)| (*id, &**u)))
     }
 
     /// The upstreams that may be asked about `scripthash`, in the order to ask them, and how
@@ -676,9 +676,7 @@ impl Pool {
             Some(&next.authority()),
             format!("replaced {}, which kept failing", old.authority()),
         );
-        if let Ok(mut u) = up.url.write() {
-            *u = next;
-        }
+        up.set_url(next);
         // Strikes, demotions and measurements belong to the server that earned them.
         up.reset_for_new_server();
         c.requeue(old);

@@ -3,7 +3,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::client::{Client, ClientError};
@@ -49,7 +49,10 @@ pub struct Stats {
 pub struct Upstream {
     /// Slot index.
     pub id: usize,
-    pub(crate) url: RwLock<ServerUrl>,
+    url: RwLock<ServerUrl>,
+    /// The server's URL as text and its `host:port`, made once per server (every request
+    /// names its upstream in metrics, and privacy ranks upstreams by URL).
+    texts: RwLock<(Arc<str>, Arc<str>)>,
     pub(crate) conns: Vec<RwLock<Option<Client>>>,
     next_conn: AtomicUsize,
     pub(crate) stats: Mutex<Stats>,
@@ -74,6 +77,7 @@ impl Upstream {
     pub(crate) fn new(id: usize, url: ServerUrl, conns: usize) -> Self {
         Upstream {
             id,
+            texts: RwLock::new(texts_of(&url)),
             url: RwLock::new(url),
             conns: (0..conns).map(|_| RwLock::new(None)).collect(),
             next_conn: AtomicUsize::new(0),
@@ -99,7 +103,38 @@ impl Upstream {
 
     /// A name for logs and metric labels: `host:port`.
     pub fn name(&self) -> String {
-        self.url().authority()
+        self.label().to_string()
+    }
+
+    /// [`Upstream::name`], shared.
+    pub fn label(&self) -> Arc<str> {
+        self.texts
+            .read()
+            .map(|t| t.1.clone())
+            .unwrap_or_else(|p| p.into_inner().1.clone())
+    }
+
+    /// The server's URL as text, shared.
+    pub fn url_text(&self) -> Arc<str> {
+        self.texts
+            .read()
+            .map(|t| t.0.clone())
+            .unwrap_or_else(|p| p.into_inner().0.clone())
+    }
+
+    /// Has this slot talk to another server.
+    pub(crate) fn set_url(&self, url: ServerUrl) {
+        if let Ok(mut t) = self.texts.write() {
+            *t = texts_of(&url);
+        }
+        if let Ok(mut u) = self.url.write() {
+            *u = url;
+        }
+    }
+
+    /// Scripthash requests answered so far (without copying the measurements).
+    pub fn answered(&self) -> u64 {
+        self.stats.lock().map(|s| s.answered).unwrap_or(0)
     }
 
     /// A connected client, round robin over this upstream's connections.
@@ -319,4 +354,9 @@ mod tests {
         up.record(&failed, Duration::from_secs(100));
         assert_eq!(up.p90(), before);
     }
+}
+
+/// A URL's text and `host:port`.
+fn texts_of(url: &ServerUrl) -> (Arc<str>, Arc<str>) {
+    (Arc::from(url.to_string()), Arc::from(url.authority()))
 }
