@@ -325,6 +325,11 @@ impl Upstream {
     }
 }
 
+/// A URL's text and `host:port`.
+fn texts_of(url: &ServerUrl) -> (Arc<str>, Arc<str>) {
+    (Arc::from(url.to_string()), Arc::from(url.authority()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,9 +359,4 @@ mod tests {
         up.record(&failed, Duration::from_secs(100));
         assert_eq!(up.p90(), before);
     }
-}
-
-/// A URL's text and `host:port`.
-fn texts_of(url: &ServerUrl) -> (Arc<str>, Arc<str>) {
-    (Arc::from(url.to_string()), Arc::from(url.authority()))
 }
