@@ -2,7 +2,9 @@
 //! first use, a changed certificate refused), WebSocket and WebSocket over TLS; reconnect with
 //! re-subscription across a killed server; calls in flight failing at once on disconnect.
 
-use electrum_gateway::client::{Backoff, Client, ClientConfig, ClientError, ClientEvent, TlsMode};
+use electrum_gateway::client::{
+    Backoff, Client, ClientConfig, ClientError, ClientEvent, StatusSink, TlsMode,
+};
 use electrum_gateway::sim::{Faults, Sim, SimConfig, ADDRESSES};
 use electrum_gateway::transport::ServerUrl;
 use futures::StreamExt;
@@ -240,4 +242,137 @@ async fn answers_held_back_by_the_server_are_nudged_out() {
             }
         }
     }
+}
+
+/// Records what a [`StatusSink`] is told.
+#[derive(Default)]
+struct Recorder {
+    statuses: std::sync::Mutex<Vec<(String, Value)>>,
+    lost: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl StatusSink for Recorder {
+    fn status(&self, scripthash: &str, status: &Value) -> bool {
+        self.statuses
+            .lock()
+            .unwrap()
+            .push((scripthash.to_string(), status.clone()));
+        self.changed.notify_waiters();
+        true
+    }
+
+    fn lost(&self) {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+}
+
+impl Recorder {
+    /// Waits until `done` holds of what was recorded.
+    async fn until(&self, done: impl Fn(&Recorder) -> bool) {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(self) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .expect("the sink was told in time");
+    }
+}
+
+#[tokio::test]
+async fn plain_subscriptions_reach_the_status_sink_until_the_connection_is_lost() {
+    let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0"]).unwrap())
+        .await
+        .unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let client = Client::connect(config(sim.url(0), pins.path()))
+        .await
+        .unwrap();
+    let sink = std::sync::Arc::new(Recorder::default());
+    assert!(client.set_status_sink(sink.clone()));
+    assert!(!client.set_status_sink(sink.clone()), "one sink per client");
+    let (a, b) = (&ADDRESSES[1], &ADDRESSES[2]);
+    for sh in [a.scripthash, b.scripthash] {
+        let initial = client
+            .request_within(
+                "blockchain.scripthash.subscribe",
+                vec![json!(sh)],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let initial: Value = serde_json::from_str(initial.get()).unwrap();
+        assert_eq!(initial, json!(sim.status(sh).unwrap()));
+    }
+    // A change of each reaches the sink with its scripthash.
+    sim.pay(a.address, 10_000).unwrap();
+    sim.pay(b.address, 20_000).unwrap();
+    let mut want = vec![
+        (
+            a.scripthash.to_string(),
+            json!(sim.status(a.scripthash).unwrap()),
+        ),
+        (
+            b.scripthash.to_string(),
+            json!(sim.status(b.scripthash).unwrap()),
+        ),
+    ];
+    sink.until(|s| s.statuses.lock().unwrap().len() >= 2).await;
+    let mut got = sink.statuses.lock().unwrap().clone();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(got, want);
+    // Unsubscribed without waiting: a later change of `a` is not sent, `b`'s still is.
+    assert!(client.cast(
+        "blockchain.scripthash.unsubscribe",
+        vec![json!(a.scripthash)]
+    ));
+    let before = sim.requests(0);
+    while sim.requests(0) == before {
+        tokio::task::yield_now().await;
+    }
+    sim.pay(a.address, 30_000).unwrap();
+    sim.pay(b.address, 40_000).unwrap();
+    let last_b = json!(sim.status(b.scripthash).unwrap());
+    sink.until(|s| s.statuses.lock().unwrap().len() >= 3).await;
+    let got = sink.statuses.lock().unwrap().clone();
+    assert_eq!(got[2..], [(b.scripthash.to_string(), last_b)]);
+    // The server goes away: the sink hears that its subscriptions are gone.
+    sim.stop_endpoint(0).await;
+    sink.until(|s| s.lost.load(std::sync::atomic::Ordering::SeqCst) >= 1)
+        .await;
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_request_within_a_limit_times_out_at_the_limit() {
+    let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0"]).unwrap())
+        .await
+        .unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let mut cfg = config(sim.url(0), pins.path());
+    cfg.request_timeout = Duration::from_secs(600);
+    let client = Client::connect(cfg).await.unwrap();
+    sim.set_faults(
+        0,
+        Faults {
+            stall: true,
+            ..Faults::default()
+        },
+    );
+    let res = tokio::time::timeout(
+        WAIT,
+        client.request_within("server.ping", vec![], Duration::from_millis(50)),
+    )
+    .await
+    .expect("the limit, not the client's request timeout, applies");
+    assert!(matches!(res, Err(ClientError::Timeout)), "{res:?}");
 }

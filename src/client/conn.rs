@@ -256,7 +256,7 @@ impl Shared {
                 return Ok(Vec::new());
             };
             return self
-                .call_one(method, params, internal)
+                .call_one(method, params, internal, self.config.request_timeout)
                 .await
                 .map(|a| vec![a]);
         }
@@ -303,11 +303,13 @@ impl Shared {
 
     /// [`Shared::call`] for one call, the common case: no batch bookkeeping, and the line
     /// is serialized before the lock is taken.
-    async fn call_one(
+    /// One request, answered within `limit` (or [`ClientError::Timeout`]).
+    pub(crate) async fn call_one(
         &self,
         method: String,
         params: Vec<Value>,
         internal: bool,
+        limit: std::time::Duration,
     ) -> Result<Answer, ClientError> {
         let id = self.next_id();
         let line = Request::new(Id::Num(id), method, params).to_json();
@@ -322,11 +324,8 @@ impl Shared {
             }
             rx
         };
-        let _forget = Forget {
-            shared: self,
-            ids: vec![id],
-        };
-        match tokio::time::timeout(self.config.request_timeout, reply).await {
+        let _forget = ForgetOne { shared: self, id };
+        match tokio::time::timeout(limit, reply).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(ClientError::Disconnected("connection task ended".into())),
             Err(_) => Err(ClientError::Timeout),
@@ -940,6 +939,18 @@ impl Drop for Forget<'_> {
         for id in &self.ids {
             st.pending.remove(id);
         }
+    }
+}
+
+/// [`Forget`] for a single request, without a list.
+struct ForgetOne<'a> {
+    shared: &'a Shared,
+    id: i64,
+}
+
+impl Drop for ForgetOne<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().pending.remove(&self.id);
     }
 }
 

@@ -478,6 +478,22 @@ impl Client {
             .map_err(ClientError::Rpc)
     }
 
+    /// [`Client::request`] answered within `limit` (at most the configured request timeout),
+    /// else [`ClientError::Timeout`].
+    pub async fn request_within(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+        limit: Duration,
+    ) -> Result<Box<RawValue>, ClientError> {
+        let (method, params) = convert_address(method, params, self.shared().config.network)?;
+        let limit = limit.min(self.shared().config.request_timeout);
+        self.shared()
+            .call_one(method, params, false, limit)
+            .await?
+            .map_err(ClientError::Rpc)
+    }
+
     /// Sends one request and deserializes the result.
     pub async fn call<T: DeserializeOwned>(
         &self,

@@ -86,6 +86,7 @@ impl Hub {
             let now = Instant::now();
             shunned.retain(|_, until| *until > now);
             let mut picks: Vec<(Arc<Upstream>, Client)> = Vec::new();
+            let mut ranked = None;
             while watchers.len() + picks.len() < self.watchers_wanted() {
                 let mut watching: Vec<usize> = watchers.iter().map(|w| w.up.id).collect();
                 watching.extend(&tried);
@@ -95,8 +96,8 @@ impl Hub {
                 // Upstreams that failed this scripthash lately come last, not never: with
                 // too few others they are asked again.
                 let Some(pick) = self
-                    .pick(entry, key, &exclude)
-                    .or_else(|| self.pick(entry, key, &watching))
+                    .pick(entry, key, &exclude, &mut ranked)
+                    .or_else(|| self.pick(entry, key, &watching, &mut ranked))
                 else {
                     break;
                 };
@@ -107,12 +108,23 @@ impl Hub {
             }
             tried.extend(picks.iter().map(|(up, _)| up.id));
             let ids: Vec<usize> = picks.iter().map(|(up, _)| up.id).collect();
-            let attempts = futures::future::join_all(
-                picks
-                    .into_iter()
-                    .map(|(up, client)| self.watch(entry, up, client)),
-            );
-            let watched = attempts.await;
+            // Two at once (the usual first fill) without a list of futures on the heap.
+            let watched: Vec<Option<Watcher>> = match <[_; 2]>::try_from(picks) {
+                Ok([(a, ca), (b, cb)]) => {
+                    let (a, b) =
+                        futures::future::join(self.watch(entry, a, ca), self.watch(entry, b, cb))
+                            .await;
+                    vec![a, b]
+                }
+                Err(picks) => {
+                    futures::future::join_all(
+                        picks
+                            .into_iter()
+                            .map(|(up, client)| self.watch(entry, up, client)),
+                    )
+                    .await
+                }
+            };
             // Exactly the watchers wanted: a vector's first push would make room for four.
             watchers.reserve_exact(self.watchers_wanted().saturating_sub(watchers.len()));
             for (id, w) in ids.into_iter().zip(watched) {
@@ -134,26 +146,30 @@ impl Hub {
     }
 
     /// The upstream to watch the entry's scripthash next, but those in `exclude`: under
-    /// `spread`, a member of its set, else the upstream that steps in for it; otherwise one
-    /// spread by `key` over the upstreams in step.
+    /// `spread`, a member of its set, else the upstream that steps in for it (from `ranked`,
+    /// its candidates in order, looked up once per pass); otherwise one spread by `key` over
+    /// the upstreams in step.
     pub(super) fn pick(
         &self,
         entry: &Entry,
         key: u64,
         exclude: &[usize],
+        ranked: &mut Option<Vec<(Arc<Upstream>, Client)>>,
     ) -> Option<(Arc<Upstream>, Client)> {
         if entry.set.is_empty() {
             return self.pool.pick_for(key, exclude);
         }
-        let (candidates, _) =
+        let candidates = ranked.get_or_insert_with(|| {
             self.pool
-                .ranked_for_scripthash(true, &entry.scripthash, Some(entry.set));
+                .ranked_for_scripthash(true, &entry.scripthash, Some(entry.set))
+                .0
+        });
         candidates
-            .into_iter()
+            .iter()
             .filter(|(up, _)| !exclude.contains(&up.id))
             .find_map(|(up, _)| {
                 let client = up.client_for(key)?;
-                Some((up, client))
+                Some((up.clone(), client))
             })
     }
 
@@ -182,17 +198,15 @@ impl Hub {
         // Its notifications reach the hub's table through the connection's sink.
         self.tap(&client);
         let answered_before = up.answered();
-        let sub = tokio::time::timeout(
-            SUBSCRIBE_PATIENCE,
-            client.request(SCRIPTHASH_SUBSCRIBE, params.clone()),
-        )
-        .await;
+        let sub = client
+            .request_within(SCRIPTHASH_SUBSCRIBE, params.clone(), SUBSCRIBE_PATIENCE)
+            .await;
         let initial = match sub {
-            Ok(Ok(s)) => {
+            Ok(s) => {
                 up.subscribe_failures.store(0, Ordering::Relaxed);
                 s
             }
-            Ok(Err(e)) if !matches!(e, ClientError::Timeout) => {
+            Err(e) if !matches!(e, ClientError::Timeout) => {
                 tracing::debug!(upstream = %up.name(), error = %e, "subscribe failed");
                 return None;
             }
