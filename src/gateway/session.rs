@@ -20,7 +20,7 @@
 use futures::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,7 +55,8 @@ struct Outgoing {
 #[derive(Debug, Default)]
 struct Forms {
     by_scripthash: bool,
-    addresses: HashSet<String>,
+    /// The addresses it was subscribed as (a list: almost always none or one).
+    addresses: Vec<String>,
 }
 
 /// Shared, read-mostly state of a session that request tasks consult.
@@ -65,7 +66,7 @@ struct Shared {
     protocol: AtomicU32,
     handle: SessionHandle,
     /// Subscription forms by scripthash.
-    forms: Mutex<HashMap<String, Forms>>,
+    forms: Mutex<HashMap<Box<str>, Forms>>,
     /// Per upstream slot, how many of this session's scripthashes its sets hold (balances a
     /// wallet's addresses over the upstreams under `[privacy] mode = "spread"`).
     load: Mutex<HashMap<usize, u32>>,
@@ -529,7 +530,7 @@ pub async fn run(core: Arc<Core>, framed: Framed, peer: SocketAddr) {
     let subs: Vec<String> = shared
         .forms
         .lock()
-        .map(|f| f.keys().cloned().collect())
+        .map(|f| f.keys().map(|k| k.to_string()).collect())
         .unwrap_or_default();
     shared.client.unsubscribed(subs.len());
     // The connection no longer counts for its client, though request tasks may still run.
@@ -745,7 +746,11 @@ async fn dispatch(
             res.and_then(|s| raw(&s))
         }
         Kind::Unsubscribe => unsubscribe(core, shared, &call),
-        Kind::Read | Kind::Broadcast => read(core, &call, shared.handle.links.as_ref()).await,
+        // Boxed: a read's future is several kilobytes, and every request in flight (thousands
+        // of subscriptions at a wallet's start) would hold room for one.
+        Kind::Read | Kind::Broadcast => {
+            Box::pin(read(core, &call, shared.handle.links.as_ref())).await
+        }
     };
     (result, confirms)
 }
@@ -788,10 +793,12 @@ async fn subscribe(core: &Arc<Core>, shared: &Arc<Shared>, call: &Call) -> Resul
                 return Err(over_limit("too many subscriptions from your address"));
             }
         }
-        let f = forms.entry(sh.to_string()).or_default();
+        let f = forms.entry(Box::from(sh)).or_default();
         match &call.address {
             Some(a) => {
-                f.addresses.insert(a.clone());
+                if !f.addresses.contains(a) {
+                    f.addresses.push(a.clone());
+                }
             }
             None => f.by_scripthash = true,
         }
@@ -827,7 +834,13 @@ fn unsubscribe(core: &Core, shared: &Shared, call: &Call) -> Result<Box<RawValue
         return raw(&false);
     };
     let had = match &call.address {
-        Some(a) => f.addresses.remove(a),
+        Some(a) => match f.addresses.iter().position(|x| x == a) {
+            Some(i) => {
+                f.addresses.swap_remove(i);
+                true
+            }
+            None => false,
+        },
         None => std::mem::take(&mut f.by_scripthash),
     };
     if f.addresses.is_empty() && !f.by_scripthash {
