@@ -326,7 +326,7 @@ impl Router {
     ) -> (Arc<Upstream>, Result<Answer, ClientError>) {
         // Under `isolated`: the wallet connection's own connection to this upstream.
         let client = match links {
-            Some(links) => match links.client(&up).await {
+            Some(links) => match Box::pin(links.client(&up)).await {
                 Ok(c) => c,
                 Err(e) => return (up, Err(e)),
             },
@@ -912,7 +912,7 @@ impl Router {
             tokio::spawn(async move {
                 let in_step = up.in_step();
                 let client = match &links {
-                    Some(links) => links.client(&up).await,
+                    Some(links) => Box::pin(links.client(&up)).await,
                     None => Ok(client),
                 };
                 let res = match client {

@@ -936,3 +936,58 @@ mod tests {
         assert!(!valid_status(&json!(format!("{SH}00"))));
     }
 }
+#[cfg(test)]
+mod sizes {
+    use super::*;
+    use crate::sim::{Sim, SimConfig};
+
+    /// Thousands of subscribes are in flight at a wallet's start (a million over 10,000
+    /// wallets: 100,000 at once), each holding a driver's filling and two watches: their
+    /// futures must stay small, with rarely taken branches (an isolated connection to dial, a
+    /// status to vet) boxed.
+    #[tokio::test]
+    async fn a_subscribe_in_flight_holds_little() {
+        let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0"]).unwrap())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config {
+            network: "regtest".into(),
+            data_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        let pool = Pool::new(
+            Arc::new(cfg),
+            vec![sim.url(0)],
+            vec![],
+            crate::metrics::Metrics::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        let hub = Hub::new(pool.clone(), Duration::from_millis(10), true, usize::MAX);
+        let entry = Arc::new(Entry {
+            scripthash: Arc::from("00"),
+            set: Set::default(),
+            state: Mutex::new(EntryState {
+                sessions: Vec::new(),
+                status: None,
+                inbox: Vec::new(),
+                running: false,
+                watch: Watch::default(),
+            }),
+            known: Notify::new(),
+        });
+        let mut watch = Watch::default();
+        let up = pool.upstreams()[0].clone();
+        let client = crate::client::Client::connect(crate::client::ClientConfig::new(sim.url(0)))
+            .await
+            .unwrap();
+        let drive = std::mem::size_of_val(&hub.clone().drive(entry.clone()));
+        let one = std::mem::size_of_val(&hub.watch(&entry, up.clone(), client.clone()));
+        let fill = std::mem::size_of_val(&hub.fill(&entry, 1, &mut watch));
+        assert!(drive <= 512, "the driver's future is {drive} bytes");
+        assert!(one <= 1024, "a watch's future is {one} bytes");
+        assert!(fill <= 2560, "a filling's future is {fill} bytes");
+        client.close().await;
+    }
+}

@@ -185,7 +185,7 @@ impl Hub {
         let params = vec![Value::String(entry.scripthash.to_string())];
         // Under `isolated`: on a connection of a wallet that subscribed to it.
         let client = match entry_links(entry) {
-            Some(links) => match links.client(&up).await {
+            Some(links) => match Box::pin(links.client(&up)).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(upstream = %up.name(), error = %e, "no isolated connection");
@@ -327,7 +327,7 @@ impl Hub {
                 let links = links.clone();
                 async move {
                     let client = match links {
-                        Some(links) => match links.client(&up).await {
+                        Some(links) => match Box::pin(links.client(&up)).await {
                             Ok(c) => c,
                             Err(e) => return (up, Err(e)),
                         },
