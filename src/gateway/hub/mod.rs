@@ -811,7 +811,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     /// Waits until no driver holds an entry's watchers (each runs once the test yields).
-    async fn settled(hub: &Hub) {
+    pub(super) async fn settled(hub: &Hub) {
         loop {
             let busy = hub
                 .entries
@@ -937,7 +937,8 @@ mod tests {
     }
 }
 #[cfg(test)]
-mod sizes {
+mod costs {
+    use super::tests::settled;
     use super::*;
     use crate::sim::{Sim, SimConfig};
 
@@ -989,5 +990,67 @@ mod sizes {
         assert!(one <= 1024, "a watch's future is {one} bytes");
         assert!(fill <= 2560, "a filling's future is {fill} bytes");
         client.close().await;
+    }
+
+    /// A subscribed scripthash that nothing happens to holds no task: after 300 are
+    /// subscribed through two upstreams, the tasks alive are what they were before.
+    #[tokio::test]
+    async fn an_idle_subscription_holds_no_task() {
+        let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0", "127.0.0.1:0"]).unwrap())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config {
+            network: "regtest".into(),
+            data_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let pool = Pool::new(
+            Arc::new(cfg),
+            sim.urls(),
+            vec![],
+            crate::metrics::Metrics::new(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        pool.start();
+        assert!(pool.wait_connected(2, Duration::from_secs(20)).await);
+        let hub = Hub::new(pool.clone(), Duration::from_secs(20), true, usize::MAX);
+        let (session, _rx) = {
+            let (tx, rx) = mpsc::channel(8);
+            let handle = SessionHandle {
+                id: 1,
+                tx,
+                kill: tokio_util::sync::CancellationToken::new(),
+                links: None,
+            };
+            (handle, rx)
+        };
+        let load = Mutex::default();
+        // The first subscription starts the hub's sweeper, which stays.
+        hub.subscribe(&format!("{:064x}", 0), session.clone(), &load)
+            .await
+            .unwrap();
+        settled(&hub).await;
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        for i in 1..=300u32 {
+            hub.subscribe(&format!("{i:064x}"), session.clone(), &load)
+                .await
+                .unwrap();
+        }
+        settled(&hub).await;
+        assert_eq!(hub.upstream_subscriptions(), 2 * 301, "two watchers each");
+        let after = tasks();
+        assert!(
+            after <= before + 5,
+            "{before} tasks before, {after} after 300 more subscriptions"
+        );
+        shutdown.cancel();
     }
 }
