@@ -123,6 +123,25 @@ struct Entry {
     known: Notify,
 }
 
+impl Entry {
+    /// A new entry, not yet watched.
+    fn new(scripthash: Arc<str>, set: Set) -> Entry {
+        Entry {
+            scripthash,
+            set,
+            state: Mutex::new(EntryState {
+                // Most scripthashes have one session.
+                sessions: Vec::with_capacity(1),
+                status: None,
+                inbox: Vec::new(),
+                running: false,
+                watch: Watch::default(),
+            }),
+            known: Notify::new(),
+        }
+    }
+}
+
 /// Proves the confirmed entries of a history (the gateway's services, under `[verify]
 /// prove_history`): the history an arbitration between watchers would apply must pass it.
 pub trait HistoryProver: Send + Sync {
@@ -352,19 +371,7 @@ impl Hub {
                 } else {
                     Set::default()
                 };
-                let e = Arc::new(Entry {
-                    scripthash: sh.clone(),
-                    set,
-                    state: Mutex::new(EntryState {
-                        // Most scripthashes have one session.
-                        sessions: Vec::with_capacity(1),
-                        status: None,
-                        inbox: Vec::new(),
-                        running: false,
-                        watch: Watch::default(),
-                    }),
-                    known: Notify::new(),
-                });
+                let e = Arc::new(Entry::new(sh.clone(), set));
                 entries.insert(sh, e.clone());
                 (e, true)
             }
@@ -826,23 +833,25 @@ mod tests {
         }
     }
 
-    /// A hub over a pool that is never started: no upstream is dialed, so statuses come only
-    /// from the test.
-    fn hub(dir: &std::path::Path) -> Arc<Hub> {
+    /// A pool over `servers` (not started).
+    pub(super) fn pool(
+        dir: &std::path::Path,
+        servers: Vec<crate::transport::ServerUrl>,
+        shutdown: CancellationToken,
+    ) -> Arc<Pool> {
         let cfg = Config {
             network: "regtest".into(),
             data_dir: dir.to_path_buf(),
             ..Config::default()
         };
+        Pool::new(Arc::new(cfg), servers, vec![], Metrics::new(), shutdown).unwrap()
+    }
+
+    /// A hub over a pool that is never started: no upstream is dialed, so statuses come only
+    /// from the test.
+    fn hub(dir: &std::path::Path) -> Arc<Hub> {
         let servers = vec!["tcp://127.0.0.1:1".parse().unwrap()];
-        let pool = Pool::new(
-            Arc::new(cfg),
-            servers,
-            vec![],
-            Metrics::new(),
-            CancellationToken::new(),
-        )
-        .unwrap();
+        let pool = pool(dir, servers, CancellationToken::new());
         Hub::new(pool, Duration::from_millis(10), true, usize::MAX)
     }
 
@@ -938,7 +947,7 @@ mod tests {
 }
 #[cfg(test)]
 mod costs {
-    use super::tests::settled;
+    use super::tests::{pool, settled};
     use super::*;
     use crate::sim::{Sim, SimConfig};
 
@@ -952,32 +961,9 @@ mod costs {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::Config {
-            network: "regtest".into(),
-            data_dir: dir.path().to_path_buf(),
-            ..crate::config::Config::default()
-        };
-        let pool = Pool::new(
-            Arc::new(cfg),
-            vec![sim.url(0)],
-            vec![],
-            crate::metrics::Metrics::new(),
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .unwrap();
+        let pool = pool(dir.path(), vec![sim.url(0)], Default::default());
         let hub = Hub::new(pool.clone(), Duration::from_millis(10), true, usize::MAX);
-        let entry = Arc::new(Entry {
-            scripthash: Arc::from("00"),
-            set: Set::default(),
-            state: Mutex::new(EntryState {
-                sessions: Vec::new(),
-                status: None,
-                inbox: Vec::new(),
-                running: false,
-                watch: Watch::default(),
-            }),
-            known: Notify::new(),
-        });
+        let entry = Arc::new(Entry::new(Arc::from("00"), Set::default()));
         let mut watch = Watch::default();
         let up = pool.upstreams()[0].clone();
         let client = crate::client::Client::connect(crate::client::ClientConfig::new(sim.url(0)))
@@ -1000,20 +986,8 @@ mod costs {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::config::Config {
-            network: "regtest".into(),
-            data_dir: dir.path().to_path_buf(),
-            ..crate::config::Config::default()
-        };
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let pool = Pool::new(
-            Arc::new(cfg),
-            sim.urls(),
-            vec![],
-            crate::metrics::Metrics::new(),
-            shutdown.clone(),
-        )
-        .unwrap();
+        let pool = pool(dir.path(), sim.urls(), shutdown.clone());
         pool.start();
         assert!(pool.wait_connected(2, Duration::from_secs(20)).await);
         let hub = Hub::new(pool.clone(), Duration::from_secs(20), true, usize::MAX);
