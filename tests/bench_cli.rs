@@ -232,6 +232,38 @@ fn subscriptions_scenario_counts_each_answer() {
 }
 
 #[test]
+fn subscriptions_memory_is_read_again_once_settled() {
+    let (sim, urls) = sim(&["127.0.0.1:0"]);
+    let pid = sim.0.id().to_string();
+    let base = [
+        "--scenario",
+        "subscriptions",
+        "--server",
+        &urls[0],
+        "--connections",
+        "2",
+        "--subscriptions",
+        "20",
+        "--pid",
+        &pid,
+    ];
+    let settled = report(&[&base[..], &["--settle", "0.2"]].concat());
+    let m = &settled["memory"];
+    assert!(m["settled_kb"].as_u64().unwrap() > 0, "{settled}");
+    assert!(m["per_subscription_settled_bytes"].is_number(), "{settled}");
+    // Without --settle, only the memory at the last answer.
+    let once = report(&base);
+    assert!(once["memory"]["settled_kb"].is_null(), "{once}");
+    let bad = bench(&[&base[..], &["--settle=-1"]].concat());
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--settle must be"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+#[test]
 fn failover_kills_the_given_process_and_reports_the_outage() {
     let (_sim, urls) = sim(&["127.0.0.1:0"]);
     let victim = Command::new("sleep").arg("60").spawn().expect("sleep runs");
