@@ -162,14 +162,17 @@ async fn reconnect_resubscribes_and_delivers_what_changed_meanwhile() {
     client.close().await;
 }
 
-#[tokio::test]
-async fn calls_in_flight_fail_at_once_when_the_server_dies() {
+/// A client with a request timeout far beyond any test (reconnecting or not) on a server that
+/// has just stopped answering.
+async fn stalled(reconnect: bool) -> (Sim, tempfile::TempDir, Client) {
     let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0"]).unwrap())
         .await
         .unwrap();
     let pins = tempfile::tempdir().unwrap();
     let mut cfg = config(sim.url(0), pins.path());
-    cfg.reconnect = None;
+    if !reconnect {
+        cfg.reconnect = None;
+    }
     cfg.request_timeout = Duration::from_secs(600);
     let client = Client::connect(cfg).await.unwrap();
     sim.set_faults(
@@ -179,6 +182,12 @@ async fn calls_in_flight_fail_at_once_when_the_server_dies() {
             ..Faults::default()
         },
     );
+    (sim, pins, client)
+}
+
+#[tokio::test]
+async fn calls_in_flight_fail_at_once_when_the_server_dies() {
+    let (sim, _pins, client) = stalled(false).await;
     let pending = {
         let client = client.clone();
         tokio::spawn(async move { client.request("server.ping", vec![]).await })
@@ -354,20 +363,7 @@ async fn plain_subscriptions_reach_the_status_sink_until_the_connection_is_lost(
 
 #[tokio::test]
 async fn a_request_within_a_limit_times_out_at_the_limit() {
-    let sim = Sim::start(SimConfig::with_endpoints(&["127.0.0.1:0"]).unwrap())
-        .await
-        .unwrap();
-    let pins = tempfile::tempdir().unwrap();
-    let mut cfg = config(sim.url(0), pins.path());
-    cfg.request_timeout = Duration::from_secs(600);
-    let client = Client::connect(cfg).await.unwrap();
-    sim.set_faults(
-        0,
-        Faults {
-            stall: true,
-            ..Faults::default()
-        },
-    );
+    let (_sim, _pins, client) = stalled(true).await;
     let res = tokio::time::timeout(
         WAIT,
         client.request_within("server.ping", vec![], Duration::from_millis(50)),
